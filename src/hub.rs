@@ -1,0 +1,211 @@
+//! The hub: this node's live fan-out, one broadcast per topic with listeners here.
+//!
+//! The store wakes the hub (in-process for memory, from Redis pub/sub otherwise) and the hub hands the shared
+//! message to every local feed. The hub is a wake-up, never the truth: a feed that lags, or that is told to
+//! `Resync` after a store reconnect, re-reads history from its cursor.
+//!
+//! Topics are listened to in the store only while this node has listeners: the first listener asks the store's
+//! listener task to subscribe (and waits until it has, so nothing published after its history read is missed);
+//! the last one leaving asks it to unsubscribe. Both go through one queue, so they reach the store in order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::channel::{ChannelName, Message};
+use crate::session::SessionId;
+
+/// What a feed can listen to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Channel(ChannelName),
+    /// A session's control topic: its subscriptions changed.
+    Session(SessionId),
+}
+
+/// An event for live listeners.
+#[derive(Debug, Clone)]
+pub enum Live {
+    Message(Arc<Message>),
+    SessionChanged,
+    /// Live delivery may have missed something (a store reconnect): re-read history.
+    Resync,
+}
+
+/// A request to the store's listener task.
+#[derive(Debug)]
+pub enum ListenCommand {
+    Listen(Topic, watch::Sender<bool>),
+    Unlisten(Topic),
+}
+
+/// Messages a listener may fall behind by before it is told to re-read history instead.
+const TOPIC_CAPACITY: usize = 512;
+
+struct Entry {
+    sender: broadcast::Sender<Live>,
+    ready: watch::Receiver<bool>,
+    listeners: usize,
+}
+
+pub struct Hub {
+    topics: RwLock<HashMap<Topic, Entry>>,
+    /// `None` for a store that needs no subscriptions (memory): topics are ready at once.
+    // Unbounded: one command per topic created or dropped on this node, never one per message.
+    commands: Option<mpsc::UnboundedSender<ListenCommand>>,
+}
+
+impl Hub {
+    /// A hub whose topics need no store subscription.
+    pub fn local() -> Arc<Hub> {
+        Arc::new(Hub {
+            topics: RwLock::default(),
+            commands: None,
+        })
+    }
+
+    /// A hub that asks a store's listener task to subscribe topics; the task reads the returned queue.
+    pub fn with_listener() -> (Arc<Hub>, mpsc::UnboundedReceiver<ListenCommand>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Hub {
+                topics: RwLock::default(),
+                commands: Some(tx),
+            }),
+            rx,
+        )
+    }
+
+    /// Starts listening to `topic`; live once the returned listener is [`Listener::ready`].
+    pub fn listen(self: &Arc<Self>, topic: Topic) -> Listener {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let entry = topics.entry(topic.clone()).or_insert_with(|| {
+            let (ready_tx, ready) = watch::channel(self.commands.is_none());
+            if let Some(commands) = &self.commands {
+                let _ = commands.send(ListenCommand::Listen(topic.clone(), ready_tx));
+            }
+            Entry {
+                sender: broadcast::channel(TOPIC_CAPACITY).0,
+                ready,
+                listeners: 0,
+            }
+        });
+        entry.listeners += 1;
+        let events = BroadcastStream::new(entry.sender.subscribe());
+        Listener {
+            events,
+            ready: entry.ready.clone(),
+            hub: self.clone(),
+            topic,
+        }
+    }
+
+    /// Hands an event to every local listener of `topic`.
+    pub fn deliver(&self, topic: &Topic, event: Live) {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = topics.get(topic) {
+            let _ = entry.sender.send(event);
+        }
+    }
+
+    /// Tells every listener to re-read history (after the store reconnected or live delivery lagged).
+    pub fn resync_all(&self) {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        for entry in topics.values() {
+            let _ = entry.sender.send(Live::Resync);
+        }
+    }
+
+    /// The topics with listeners here, for a store that re-subscribes after reconnecting.
+    pub fn topics(&self) -> Vec<Topic> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn release(&self, topic: &Topic) {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = topics.get_mut(topic) {
+            entry.listeners -= 1;
+            if entry.listeners == 0 {
+                topics.remove(topic);
+                if let Some(commands) = &self.commands {
+                    let _ = commands.send(ListenCommand::Unlisten(topic.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One feed's subscription to a topic, a stream of its events; dropping it stops listening.
+///
+/// The stream yields `Live::Resync` when this listener fell behind and events were dropped.
+pub struct Listener {
+    events: BroadcastStream<Live>,
+    ready: watch::Receiver<bool>,
+    hub: Arc<Hub>,
+    topic: Topic,
+}
+
+impl Listener {
+    /// Waits until the store delivers this topic live (at most `limit`); `false` if it did not in time.
+    pub async fn ready(&mut self, limit: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(limit, self.ready.wait_for(|r| *r)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+impl Stream for Listener {
+    type Item = Live;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Live>> {
+        Pin::new(&mut self.events).poll_next(cx).map(|event| {
+            event.map(|e| e.unwrap_or_else(|BroadcastStreamRecvError::Lagged(_)| Live::Resync))
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.hub.release(&self.topic);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn first_listener_subscribes_and_last_unsubscribes() {
+        let (hub, mut commands) = Hub::with_listener();
+        let topic = Topic::Channel(ChannelName::parse("a").unwrap());
+        let a = hub.listen(topic.clone());
+        let b = hub.listen(topic.clone());
+        let Some(ListenCommand::Listen(t, ready)) = commands.recv().await else {
+            panic!("no listen")
+        };
+        assert_eq!(t, topic);
+        ready.send(true).unwrap();
+        drop(a);
+        assert!(commands.try_recv().is_err(), "one listener remains");
+        drop(b);
+        assert!(matches!(
+            commands.recv().await,
+            Some(ListenCommand::Unlisten(_))
+        ));
+        assert!(hub.topics().is_empty());
+    }
+}

@@ -1,0 +1,139 @@
+//! The store: channel logs, sessions, dedupe records and presence, behind one trait with two implementations.
+//!
+//! [`memory::MemoryStore`] serves a single node; [`redis::RedisStore`] keeps everything in Redis so that any node
+//! can serve any request. Both also wake this node's [`Hub`](crate::hub::Hub) when a message is stored, and both
+//! pass the same test suite (`tests/store_contract.rs`).
+
+pub mod memory;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use crate::channel::{ChannelName, Cursor, Message};
+use crate::frame::GapReason;
+use crate::session::{SessionId, SessionRecord};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("at most {0} subscriptions per session")]
+    TooManySubscriptions(usize),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// How long things live in the store.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// The most messages a channel keeps.
+    pub history_size: usize,
+    /// How long a message is kept.
+    pub history_ttl: Duration,
+    /// How long a session lives without any request or open connection.
+    pub session_ttl: Duration,
+    /// How long a publish's dedupe record (client message id or idempotency key) is kept.
+    pub dedupe_ttl: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            history_size: 1000,
+            history_ttl: Duration::from_secs(3600),
+            session_ttl: Duration::from_secs(60),
+            dedupe_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A read from a channel's log.
+#[derive(Debug)]
+pub struct History {
+    /// Set when history does not reach back to the cursor asked for: where delivery resumes, and why.
+    pub gap: Option<(Cursor, GapReason)>,
+    /// Messages after the cursor (or after the gap's cursor), oldest first.
+    pub messages: Vec<Arc<Message>>,
+}
+
+/// Everything the core keeps. Reads never block on live delivery; `append` also wakes live listeners.
+pub trait Store: Send + Sync + 'static {
+    /// Appends `data` and answers only once it is stored. With a `dedupe` key seen within `dedupe_ttl`, stores
+    /// nothing and answers with the first append's cursor.
+    fn append(
+        &self,
+        channel: &ChannelName,
+        data: &RawValue,
+        ts: u64,
+        dedupe: Option<&str>,
+    ) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
+
+    /// The messages after `after`, at most `limit`. When `after` is of another epoch, ahead of the log, or
+    /// older than the oldest kept message, the answer has a gap: the cursor delivery resumes from.
+    fn read(
+        &self,
+        channel: &ChannelName,
+        after: &Cursor,
+        limit: usize,
+    ) -> impl Future<Output = Result<History, StoreError>> + Send;
+
+    /// The cursor of the newest message (offset 0 when there is none), creating the log's epoch if needed.
+    fn top(&self, channel: &ChannelName)
+        -> impl Future<Output = Result<Cursor, StoreError>> + Send;
+
+    fn create_session(
+        &self,
+        id: &SessionId,
+        record: &SessionRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Loads a session and refreshes its TTL; `None` when unknown or expired.
+    fn load_session(
+        &self,
+        id: &SessionId,
+    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+
+    /// Refreshes a session's TTL and its presence entries; `false` when it has expired.
+    fn touch_session(
+        &self,
+        id: &SessionId,
+        record: &SessionRecord,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Adds a subscription starting after `cursor`, unless there is one: answers with the cursor in force.
+    /// `None` when the session has expired.
+    fn subscribe(
+        &self,
+        id: &SessionId,
+        pid: &str,
+        channel: &ChannelName,
+        cursor: &Cursor,
+        max: usize,
+    ) -> impl Future<Output = Result<Option<Cursor>, StoreError>> + Send;
+
+    fn unsubscribe(
+        &self,
+        id: &SessionId,
+        pid: &str,
+        channel: &ChannelName,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The public ids of the sessions subscribed to `channel` now, on every node.
+    fn presence(
+        &self,
+        channel: &ChannelName,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Tells every node's live feeds of this session that its subscriptions changed.
+    fn notify_session(&self, id: &SessionId)
+        -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Milliseconds since 1970, the `ts` of a message.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,250 @@
+//! HTTP framing for stickless: WebSocket, Server-Sent Events and long-polling over one session model.
+//!
+//! Each transport lives in its own module and only frames bytes; what a session sees is decided by the core
+//! behind the [`Port`] trait. The transports are registered in one place, [`Transport::ALL`] and
+//! [`Transport::route`]: adding a fourth one (HTTP streaming, say) is a module, a variant and a match arm here,
+//! and no change in the core.
+
+pub mod error;
+pub mod long_polling;
+pub mod port;
+pub mod send;
+pub mod sse;
+pub mod websocket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, MethodRouter};
+use axum::Router;
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use port::{Attach, Attached, Fault, Outbound, Port, Rejection};
+
+/// The transports this crate knows, in the order a client should try them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+    LongPolling,
+}
+
+impl Transport {
+    /// Every transport, in fallback order.
+    pub const ALL: [Transport; 3] = [Transport::WebSocket, Transport::Sse, Transport::LongPolling];
+
+    /// The name clients and operators use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::LongPolling => "long-polling",
+        }
+    }
+
+    /// The path it is served at.
+    pub fn path(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "/v1/ws",
+            Transport::Sse => "/v1/sse",
+            Transport::LongPolling => "/v1/poll",
+        }
+    }
+
+    /// Parses an operator's name for a transport (`ws`, `websocket`, `sse`, `poll`, `long-polling`).
+    pub fn parse(name: &str) -> Option<Transport> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "websocket" | "ws" => Some(Transport::WebSocket),
+            "sse" | "eventsource" => Some(Transport::Sse),
+            "long-polling" | "polling" | "poll" => Some(Transport::LongPolling),
+            _ => None,
+        }
+    }
+
+    fn route<P: Port>(self) -> MethodRouter<Shared<P>> {
+        match self {
+            // `any`: HTTP/2 extended CONNECT upgrades with a method other than GET.
+            Transport::WebSocket => any(websocket::attach::<P>),
+            Transport::Sse => get(sse::attach::<P>),
+            Transport::LongPolling => get(long_polling::poll::<P>),
+        }
+    }
+}
+
+/// Framing parameters: how often to heartbeat, how long to hold a poll, what sizes to accept.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub enabled: Vec<Transport>,
+    pub heartbeat: Duration,
+    pub poll_timeout: Duration,
+    /// The largest WebSocket message or HTTP body accepted.
+    pub max_message_bytes: usize,
+    /// The most frames one poll response carries.
+    pub max_batch: usize,
+    /// The most live connections (WebSocket, SSE, waiting polls) this node holds.
+    pub max_connections: usize,
+    /// Origins allowed to open a WebSocket; empty allows any (CORS does not cover WebSocket).
+    pub allowed_origins: Vec<String>,
+    /// Size of the initial SSE padding comment that makes buffering proxies flush.
+    pub sse_padding: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            enabled: Transport::ALL.to_vec(),
+            heartbeat: Duration::from_secs(15),
+            poll_timeout: Duration::from_secs(25),
+            max_message_bytes: 64 * 1024,
+            max_batch: 100,
+            max_connections: 100_000,
+            allowed_origins: Vec::new(),
+            sse_padding: 2048,
+        }
+    }
+}
+
+/// State shared by every transport handler.
+pub struct Shared<P> {
+    port: P,
+    config: Arc<TransportConfig>,
+    connections: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl<P: Clone> Clone for Shared<P> {
+    fn clone(&self) -> Self {
+        Shared {
+            port: self.port.clone(),
+            config: self.config.clone(),
+            connections: self.connections.clone(),
+            shutdown: self.shutdown.clone(),
+            tasks: self.tasks.clone(),
+        }
+    }
+}
+
+impl<P> Shared<P> {
+    /// Takes a slot for one live connection, held for as long as the connection is open.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Rejection> {
+        self.connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| error::rejections::over_capacity())
+    }
+}
+
+/// Handles that let the server end live connections on shutdown and wait for them.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    /// Cancelled on shutdown: SSE streams end, polls return, WebSockets close with 1001.
+    pub shutdown: CancellationToken,
+    /// Tracks upgraded WebSocket tasks, which the HTTP server does not wait for.
+    pub tasks: TaskTracker,
+}
+
+/// The router serving every enabled transport, `/v1/send` and `/v1/negotiate`.
+pub fn router<P: Port>(port: P, config: TransportConfig, lifecycle: Lifecycle) -> Router {
+    let shared = Shared {
+        port,
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        config: Arc::new(config),
+        shutdown: lifecycle.shutdown,
+        tasks: lifecycle.tasks,
+    };
+    let mut router = Router::new()
+        .route("/v1/negotiate", get(negotiate::<P>))
+        .route("/v1/send", post(send::send::<P>));
+    for transport in Transport::ALL {
+        let route = if shared.config.enabled.contains(&transport) {
+            transport.route::<P>()
+        } else {
+            any(move || async move { error::rejections::transport_disabled(transport.name()) })
+        };
+        router = router.route(transport.path(), route);
+    }
+    router.with_state(shared)
+}
+
+async fn negotiate<P: Port>(State(shared): State<Shared<P>>) -> Response {
+    let config = &shared.config;
+    let mut body = shared.port.describe();
+    let transports: Vec<_> = config
+        .enabled
+        .iter()
+        .map(|t| serde_json::json!({ "name": t.name(), "path": t.path() }))
+        .collect();
+    body.insert("version".into(), 1.into());
+    body.insert("node".into(), shared.port.node().into());
+    body.insert("transports".into(), transports.into());
+    body.insert(
+        "heartbeat_ms".into(),
+        (config.heartbeat.as_millis() as u64).into(),
+    );
+    body.insert(
+        "poll_timeout_ms".into(),
+        (config.poll_timeout.as_millis() as u64).into(),
+    );
+    let limits = body
+        .entry("limits")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    if let Some(limits) = limits.as_object_mut() {
+        limits.insert("max_message_bytes".into(), config.max_message_bytes.into());
+        limits.insert("max_batch".into(), config.max_batch.into());
+    }
+    json_response(serde_json::Value::Object(body).to_string())
+}
+
+/// The query every attach endpoint accepts.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AttachQuery {
+    session: Option<String>,
+    position: Option<String>,
+    channels: Option<String>,
+}
+
+impl AttachQuery {
+    fn into_attach(self, transport: Transport, track_position: bool) -> Attach {
+        Attach {
+            transport: transport.name(),
+            session: self.session.filter(|s| !s.is_empty()),
+            position: self.position.filter(|s| !s.is_empty()),
+            channels: self.channels.filter(|s| !s.is_empty()),
+            track_position,
+        }
+    }
+}
+
+/// `Query<AttachQuery>` whose rejection is our JSON error rather than axum's plain text.
+pub(crate) struct AttachParams(AttachQuery);
+
+impl<S: Send + Sync> FromRequestParts<S> for AttachParams {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<AttachQuery>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| AttachParams(q))
+            .map_err(error::rejections::bad_query)
+    }
+}
+
+pub(crate) fn json_response(body: impl Into<axum::body::Body>) -> Response {
+    let mut response = body.into().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

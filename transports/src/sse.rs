@@ -1,0 +1,120 @@
+//! Server-Sent Events: `GET /v1/sse` streams frames as `text/event-stream`; upstream goes by `POST /v1/send`.
+//!
+//! Every `message` and `gap` event carries `id: <session>;<position>`, so a browser EventSource that reconnects
+//! on its own sends `Last-Event-ID` and resumes the same session even when its URL names none.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use crate::{AttachParams, Port, Shared, Transport};
+
+pub(crate) async fn attach<P: Port>(
+    State(shared): State<Shared<P>>,
+    AttachParams(mut query): AttachParams,
+    headers: HeaderMap,
+) -> Response {
+    let permit = match shared.admit() {
+        Ok(permit) => permit,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // The query wins over Last-Event-ID: a client that re-creates its EventSource knows better.
+    if let Some((session, position)) = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(';'))
+    {
+        if query.session.is_none() {
+            query.session = Some(session.to_owned());
+        }
+        if query.position.is_none() {
+            query.position = Some(position.to_owned());
+        }
+    }
+    let attached = match shared
+        .port
+        .attach(query.into_attach(Transport::Sse, true))
+        .await
+    {
+        Ok(attached) => attached,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let heartbeat = shared.config.heartbeat;
+    let padding = padding(shared.config.sse_padding);
+    let shutdown = shared.shutdown.clone();
+    let session = attached.session;
+    let mut feed = attached.feed;
+    // The welcome carries an id too, so a reconnect before the first message still resumes this session.
+    let welcome = event(
+        Some(&format!("{session};{}", attached.position)),
+        &attached.welcome,
+    );
+    let body = async_stream::stream! {
+        let _permit = permit;
+        yield Ok::<Bytes, std::convert::Infallible>(padding);
+        yield Ok(Bytes::from_static(b"retry: 1000\n\n"));
+        yield Ok(welcome);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        loop {
+            tokio::select! {
+                item = feed.next() => match item {
+                    Some(out) => {
+                        let id = out.position.map(|p| format!("{session};{p}"));
+                        yield Ok(event(id.as_deref(), &out.frame));
+                    }
+                    None => break,
+                },
+                _ = ticks.tick() => yield Ok(Bytes::from_static(b": hb\n\n")),
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    };
+    let mut response = (StatusCode::OK, Body::from_stream(body)).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// One event: an optional `id:` line and a single `data:` line (encoded frames hold no newlines).
+fn event(id: Option<&str>, frame: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(frame.len() + id.map_or(0, |i| i.len() + 5) + 8);
+    if let Some(id) = id {
+        // An id with a line break or NUL would end the field early; positions never contain one.
+        debug_assert!(!id.contains(['\r', '\n', '\0']));
+        out.put_slice(b"id: ");
+        out.put_slice(id.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_slice(b"data: ");
+    out.put_slice(frame);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+fn padding(size: usize) -> Bytes {
+    let mut out = BytesMut::with_capacity(size + 4);
+    out.put_slice(b":");
+    out.put_bytes(b' ', size);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_has_id_and_one_data_line() {
+        let e = event(Some("s;c@e@3"), br#"{"type":"message"}"#);
+        assert_eq!(&e[..], b"id: s;c@e@3\ndata: {\"type\":\"message\"}\n\n");
+        assert_eq!(&event(None, b"{}")[..], b"data: {}\n\n");
+    }
+}

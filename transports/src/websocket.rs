@@ -1,0 +1,176 @@
+//! WebSocket: `GET /v1/ws`, both directions on one connection, one frame per text message.
+//!
+//! One task per socket selects over the client's messages, the session feed and the heartbeat. Sending waits
+//! for the socket, so a slow reader slows only its own feed, which falls back to history when it lags.
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::error::rejections;
+use crate::{AttachParams, Attached, Fault, Port, Rejection, Shared, Transport};
+
+/// Close codes (RFC 6455 section 7.4.1).
+mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+pub(crate) async fn attach<P: Port>(
+    State(shared): State<Shared<P>>,
+    AttachParams(query): AttachParams,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&shared.config.allowed_origins, &headers) {
+        return rejections::forbidden_origin().into_response();
+    }
+    let permit = match shared.admit() {
+        Ok(permit) => permit,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // A browser cannot read the body of a refused upgrade, so a session fault is told inside the socket.
+    let attached = match shared
+        .port
+        .attach(query.into_attach(Transport::WebSocket, false))
+        .await
+    {
+        Ok(attached) => Ok(attached),
+        Err(rejection) if rejection.kind == Fault::NotFound => Err(rejection),
+        Err(rejection) => return rejection.into_response(),
+    };
+    let config = &shared.config;
+    let upgrade = upgrade
+        // tungstenite's 128 KiB default per socket would dominate idle memory.
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(config.max_message_bytes * 4)
+        .max_message_size(config.max_message_bytes)
+        .max_frame_size(config.max_message_bytes);
+    let tasks = shared.tasks.clone();
+    upgrade.on_upgrade(move |socket| {
+        tasks.track_future(async move {
+            match attached {
+                Ok(attached) => run(shared, socket, attached, permit).await,
+                Err(rejection) => refuse(socket, rejection).await,
+            }
+        })
+    })
+}
+
+async fn run<P: Port>(
+    shared: Shared<P>,
+    mut socket: WebSocket,
+    attached: Attached<P::Feed>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Attached {
+        session,
+        welcome,
+        mut feed,
+        ..
+    } = attached;
+    if socket.send(text(welcome)).await.is_err() {
+        return;
+    }
+    let heartbeat = shared.config.heartbeat;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let closing = loop {
+        let sent = tokio::select! {
+            item = feed.next() => match item {
+                Some(out) => socket.send(text(out.frame)).await,
+                None => break None,
+            },
+            received = socket.recv() => match received {
+                Some(Ok(Message::Text(frame))) => {
+                    let reply = shared.port.upstream(&session, frame.as_bytes()).await;
+                    socket.send(text(reply)).await
+                }
+                Some(Ok(Message::Binary(_))) => socket.send(text(error_frame("binary_unsupported", "send frames as text messages"))).await,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Err(err)) => break close_for(err),
+            },
+            _ = ticks.tick() => match socket.send(Message::Ping(Bytes::new())).await {
+                // Browsers cannot see pings from JavaScript, so a frame tells the client's silence timer too.
+                Ok(()) => socket.send(text(Bytes::from_static(br#"{"type":"heartbeat"}"#))).await,
+                Err(err) => Err(err),
+            },
+            _ = shared.shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
+        };
+        if sent.is_err() {
+            break None;
+        }
+    };
+    if let Some((code, reason)) = closing {
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+}
+
+/// Tells the client why its session cannot be served, then closes with 1008.
+async fn refuse(mut socket: WebSocket, rejection: Rejection) {
+    let _ = socket
+        .send(text(error_frame(rejection.code, &rejection.message)))
+        .await;
+    let reason: Utf8Bytes = rejection.code.into();
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: close::POLICY,
+            reason,
+        })))
+        .await;
+}
+
+/// Maps a read error to the close code the client should see.
+fn close_for(err: axum::Error) -> Option<(u16, &'static str)> {
+    match err.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => {
+            Some((close::TOO_BIG, "message over max_message_bytes"))
+        }
+        Some(tungstenite::Error::Utf8(_)) => {
+            Some((close::INVALID_DATA, "text message is not valid UTF-8"))
+        }
+        Some(tungstenite::Error::Protocol(_)) => Some((close::POLICY, "protocol violation")),
+        _ => None,
+    }
+}
+
+fn error_frame(code: &str, message: &str) -> Bytes {
+    serde_json::json!({ "type": "error", "id": null, "code": code, "message": message })
+        .to_string()
+        .into()
+}
+
+fn text(frame: Bytes) -> Message {
+    // Frames come from serde_json, which only writes UTF-8; the check is a scan, not a copy.
+    match Utf8Bytes::try_from(frame) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Text(Utf8Bytes::from_static(
+            r#"{"type":"error","id":null,"code":"internal","message":"frame was not UTF-8"}"#,
+        )),
+    }
+}
+
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        Some(origin) => allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
+        // Non-browser clients send no Origin; the check exists to stop other sites' pages.
+        None => true,
+    }
+}
