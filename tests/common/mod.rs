@@ -1,0 +1,387 @@
+//! Test harness: starts real `stickless` and `redis-server` processes on free loopback ports, and speaks each
+//! transport the way a client would (a WebSocket, an SSE stream, long-polls, POST /v1/send).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A running gateway process; killed when dropped.
+pub struct Node {
+    pub url: String,
+    pub port: u16,
+    child: Child,
+}
+
+impl Node {
+    pub async fn start(args: &[&str]) -> Node {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_stickless"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--demo-ticker-ms",
+                "0",
+            ])
+            .args(args)
+            .env("STICKLESS_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("stickless binary runs");
+        let node = Node {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = http()
+                .get(format!("{}/v1/negotiate", node.url))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return node;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway on port {port} did not come up");
+    }
+
+    /// SIGKILL: the process dies without any cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn ws_url(&self) -> String {
+        self.url.replace("http://", "ws://")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `redis-server` process with its own directory; killed when dropped.
+pub struct Redis {
+    pub port: u16,
+    pub dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub async fn start(extra: &[&str]) -> Redis {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("stickless-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Redis {
+            port,
+            dir,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self
+                .cli(&["PING"])
+                .map(|o| o.contains("PONG"))
+                .unwrap_or(false)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server on {} did not come up", self.port);
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (so an append-only file is read back).
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn publish(url: &str, channel: &str, data: Value) -> reqwest::Response {
+    http()
+        .post(format!("{url}/v1/publish"))
+        .json(&json!({ "channel": channel, "data": data }))
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn publish_ok(url: &str, channel: &str, data: Value) -> Value {
+    let r = publish(url, channel, data).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// What a client has received on one channel, checked for exactly-once, in-order delivery.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub offsets: Vec<u64>,
+    pub data: Vec<Value>,
+    pub gaps: Vec<Value>,
+}
+
+impl Received {
+    /// Takes a downstream frame; answers whether it was a message.
+    pub fn take(&mut self, frame: &Value) -> bool {
+        match frame["type"].as_str() {
+            Some("message") => {
+                self.offsets.push(frame["offset"].as_u64().unwrap());
+                self.data.push(frame["data"].clone());
+                true
+            }
+            Some("gap") => {
+                self.gaps.push(frame.clone());
+                false
+            }
+            _ => false,
+        }
+    }
+
+    pub fn assert_exactly(&self, from: u64, to: u64) {
+        let expected: Vec<u64> = (from..=to).collect();
+        assert_eq!(
+            self.offsets.len(),
+            expected.len(),
+            "count (gaps: {:?})",
+            self.gaps
+        );
+        assert_eq!(self.offsets, expected, "every offset once, in order");
+    }
+}
+
+/// A long-polling client: it keeps its own position, as the protocol asks.
+pub struct Poller {
+    pub session: String,
+    pub position: String,
+    pub last_node: String,
+}
+
+impl Poller {
+    pub async fn open(url: &str, channels: &str) -> Poller {
+        let body: Value = http()
+            .get(format!("{url}/v1/poll?channels={channels}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["frames"][0]["type"], "welcome");
+        Poller {
+            session: body["session"].as_str().unwrap().into(),
+            position: body["position"].as_str().unwrap().into(),
+            last_node: body["node"].as_str().unwrap().into(),
+        }
+    }
+
+    /// One poll against `url`; returns its frames.
+    pub async fn poll(&mut self, url: &str) -> Vec<Value> {
+        let r = http()
+            .get(format!("{url}/v1/poll"))
+            .query(&[("session", &self.session), ("position", &self.position)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        self.position = body["position"].as_str().unwrap().into();
+        self.last_node = body["node"].as_str().unwrap().into();
+        body["frames"].as_array().unwrap().clone()
+    }
+
+    pub async fn send(&self, url: &str, frames: Value) -> Value {
+        let r = http()
+            .post(format!("{url}/v1/send?session={}", self.session))
+            .json(&frames)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+}
+
+/// An SSE client reading a real `text/event-stream` body.
+pub struct Sse {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: Vec<u8>,
+    pub last_event_id: Option<String>,
+    pub node: String,
+}
+
+impl Sse {
+    pub async fn connect(url: &str, query: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = http().get(format!("{url}/v1/sse?{query}"));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        assert_eq!(r.headers()["x-accel-buffering"], "no");
+        let mut sse = Sse {
+            body: Box::pin(r.bytes_stream()),
+            buf: Vec::new(),
+            last_event_id: None,
+            node: String::new(),
+        };
+        let welcome = sse.next().await.expect("welcome");
+        assert_eq!(welcome["type"], "welcome");
+        sse.node = welcome["node"].as_str().unwrap().into();
+        sse
+    }
+
+    /// The next event's frame (comments and `retry:` are skipped); `None` when the stream ends or stays silent.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(event).unwrap();
+                let mut data = None;
+                for line in text.lines() {
+                    if let Some(id) = line.strip_prefix("id: ") {
+                        self.last_event_id = Some(id.to_owned());
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(d).unwrap());
+                    }
+                }
+                if data.is_some() {
+                    return data;
+                }
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_secs(20), self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+}
+
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client.
+pub struct Ws {
+    pub stream: WsStream,
+    pub session: String,
+}
+
+impl Ws {
+    pub async fn connect(ws_url: &str, query: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(format!("{ws_url}/v1/ws?{query}"))
+            .await
+            .unwrap();
+        let mut ws = Ws {
+            stream,
+            session: String::new(),
+        };
+        let welcome = ws.next().await.expect("welcome");
+        assert_eq!(welcome["type"], "welcome");
+        ws.session = welcome["session"].as_str().unwrap().into();
+        ws
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.stream
+            .send(WsMessage::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+
+    /// The next non-heartbeat frame; `None` on close or 20 s of silence.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), self.stream.next()).await {
+                Ok(Some(Ok(WsMessage::Text(t)))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] != "heartbeat" {
+                        return Some(v);
+                    }
+                }
+                Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) | Err(_) | Ok(Some(Err(_))) => {
+                    return None
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+}
