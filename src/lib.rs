@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hub::Hub;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
 use crate::store::Store;
 
 /// `bytes` random bytes from the OS, as lowercase hex.
@@ -53,7 +54,26 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener) -> anyhow::R
             )
             .await
         }
-        Some(_) => anyhow::bail!("the Redis store is not built yet"),
+        Some(url) => {
+            let (hub, commands) = Hub::with_listener();
+            let store = RedisStore::connect(
+                url,
+                &config.redis_prefix,
+                config.retention(),
+                hub.clone(),
+                commands,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach Redis at {url}: {e}"))?;
+            tracing::info!(%node, addr = %listener.local_addr()?, "serving on Redis");
+            serve(
+                Gateway::new(store, hub, config.core(node)),
+                &config,
+                listener,
+                lifecycle,
+            )
+            .await
+        }
     }
 }
 

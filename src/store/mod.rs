@@ -5,6 +5,7 @@
 //! pass the same test suite (`tests/store_contract.rs`).
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
