@@ -22,9 +22,7 @@ impl ChannelName {
     pub fn parse(name: &str) -> Result<Self, CoreError> {
         let valid = !name.is_empty()
             && name.len() <= Self::MAX_LEN
-            && name.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-')
-            });
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'));
         if valid {
             Ok(ChannelName(name.into()))
         } else {
@@ -97,13 +95,7 @@ pub struct Message {
 
 impl Message {
     /// Builds the message and encodes its frame.
-    pub fn new(
-        channel: ChannelName,
-        epoch: Epoch,
-        offset: u64,
-        ts: u64,
-        data: &RawValue,
-    ) -> Arc<Self> {
+    pub fn new(channel: ChannelName, epoch: Epoch, offset: u64, ts: u64, data: &RawValue) -> Arc<Self> {
         #[derive(Serialize)]
         struct Frame<'a> {
             #[serde(rename = "type")]
@@ -114,21 +106,9 @@ impl Message {
             ts: u64,
             data: &'a RawValue,
         }
-        let frame = serde_json::to_vec(&Frame {
-            kind: "message",
-            channel: &channel,
-            epoch: &epoch,
-            offset,
-            ts,
-            data,
-        })
-        .expect("a message frame always serializes");
-        Arc::new(Message {
-            channel,
-            epoch,
-            offset,
-            frame: frame.into(),
-        })
+        let frame = serde_json::to_vec(&Frame { kind: "message", channel: &channel, epoch: &epoch, offset, ts, data })
+            .expect("a message frame always serializes");
+        Arc::new(Message { channel, epoch, offset, frame: frame.into() })
     }
 
     pub fn cursor(&self) -> Cursor {
@@ -154,13 +134,7 @@ mod tests {
     #[test]
     fn message_frame_is_encoded_once_with_raw_data() {
         let data = RawValue::from_string(r#"{"text":"hi\nthere"}"#.into()).unwrap();
-        let m = Message::new(
-            ChannelName::parse("chat").unwrap(),
-            Epoch::parse("e1").unwrap(),
-            7,
-            5,
-            &data,
-        );
+        let m = Message::new(ChannelName::parse("chat").unwrap(), Epoch::parse("e1").unwrap(), 7, 5, &data);
         assert_eq!(
             std::str::from_utf8(&m.frame).unwrap(),
             r#"{"type":"message","channel":"chat","epoch":"e1","offset":7,"ts":5,"data":{"text":"hi\nthere"}}"#

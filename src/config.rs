@@ -122,9 +122,7 @@ fn parse_transports(text: &str) -> Result<TransportList, String> {
 
 impl Config {
     pub fn node(&self) -> String {
-        self.node_id
-            .clone()
-            .unwrap_or_else(|| format!("node-{}", &crate::random_hex(2)))
+        self.node_id.clone().unwrap_or_else(|| format!("node-{}", &crate::random_hex(2)))
     }
 
     pub fn retention(&self) -> Retention {

@@ -9,11 +9,7 @@ use crate::store::Store;
 
 pub const TICKER_CHANNEL: &str = "demo.ticker";
 
-pub fn spawn_ticker<S: Store>(
-    gateway: Gateway<S>,
-    every: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
+pub fn spawn_ticker<S: Store>(gateway: Gateway<S>, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         let mut price = 100.0_f64;

@@ -45,12 +45,7 @@ struct State {
 
 impl State {
     fn position(&self) -> Position {
-        Position(
-            self.channels
-                .iter()
-                .map(|(n, c)| (n.clone(), c.cursor.clone()))
-                .collect(),
-        )
+        Position(self.channels.iter().map(|(n, c)| (n.clone(), c.cursor.clone())).collect())
     }
 
     fn outbound(&self, frame: bytes::Bytes) -> Outbound {
@@ -59,10 +54,7 @@ impl State {
     }
 
     fn next_dirty(&self) -> Option<(ChannelName, Cursor)> {
-        self.channels
-            .iter()
-            .find(|(_, c)| c.dirty)
-            .map(|(n, c)| (n.clone(), c.cursor.clone()))
+        self.channels.iter().find(|(_, c)| c.dirty).map(|(n, c)| (n.clone(), c.cursor.clone()))
     }
 
     /// Takes a live message: `Some` when it is the next one to deliver.
@@ -180,12 +172,12 @@ pub fn open<S: Store>(
                         Err(_) => {} // Told when a read fails; the next change or resync tries again.
                     }
                 },
-                _ = touch.tick() => match core.store.touch_session(&id, &record).await {
-                    Ok(false) => {
+                _ = touch.tick() => {
+                    // A store error here is told by the next failing read; only a gone session ends the feed.
+                    if let Ok(false) = core.store.touch_session(&id, &record).await {
                         yield state.outbound(frame::error(None, &CoreError::SessionUnknown));
                         break;
                     }
-                    Ok(true) | Err(_) => {}
                 },
                 _ = tokio::time::sleep(RETRY), if failing => {}
             }
@@ -202,14 +194,8 @@ async fn sync<S: Store>(
     record: &SessionRecord,
     position: &Position,
 ) {
-    state
-        .channels
-        .retain(|name, _| record.subscriptions.contains_key(name));
-    let gone: Vec<_> = live
-        .keys()
-        .filter(|n| !record.subscriptions.contains_key(*n))
-        .cloned()
-        .collect();
+    state.channels.retain(|name, _| record.subscriptions.contains_key(name));
+    let gone: Vec<_> = live.keys().filter(|n| !record.subscriptions.contains_key(*n)).cloned().collect();
     for name in gone {
         live.remove(&name);
     }
@@ -220,12 +206,6 @@ async fn sync<S: Store>(
         let mut listener = core.hub.listen(Topic::Channel(name.clone()));
         listener.ready(READY_WAIT).await;
         live.insert(name.clone(), listener);
-        state.channels.insert(
-            name,
-            Channel {
-                cursor,
-                dirty: true,
-            },
-        );
+        state.channels.insert(name, Channel { cursor, dirty: true });
     }
 }

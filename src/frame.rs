@@ -19,20 +19,10 @@ pub struct Upstream {
 
 #[derive(Debug)]
 pub enum Command {
-    Subscribe {
-        channel: ChannelName,
-        since: Option<Cursor>,
-    },
-    Unsubscribe {
-        channel: ChannelName,
-    },
-    Publish {
-        channel: ChannelName,
-        data: Box<RawValue>,
-    },
-    Presence {
-        channel: ChannelName,
-    },
+    Subscribe { channel: ChannelName, since: Option<Cursor> },
+    Unsubscribe { channel: ChannelName },
+    Publish { channel: ChannelName, data: Box<RawValue> },
+    Presence { channel: ChannelName },
     Ping,
 }
 
@@ -54,38 +44,29 @@ struct RawCursor {
 
 /// Parses one frame. On failure, also returns the frame's `id` when it could be read, for the error frame.
 pub fn parse(bytes: &[u8]) -> Result<Upstream, (Option<String>, CoreError)> {
-    let value: Box<RawValue> = serde_json::from_slice(bytes)
-        .map_err(|e| (None, CoreError::MalformedJson(e.to_string())))?;
+    let value: Box<RawValue> =
+        serde_json::from_slice(bytes).map_err(|e| (None, CoreError::MalformedJson(e.to_string())))?;
     parse_value(&value)
 }
 
 /// Parses one frame that is already known to be JSON.
 pub fn parse_value(value: &RawValue) -> Result<Upstream, (Option<String>, CoreError)> {
-    let raw: Raw = serde_json::from_str(value.get()).map_err(|e| {
-        (
-            None,
-            CoreError::InvalidFrame(format!("a frame is an object with a string `type`: {e}")),
-        )
-    })?;
+    let raw: Raw = serde_json::from_str(value.get())
+        .map_err(|e| (None, CoreError::InvalidFrame(format!("a frame is an object with a string `type`: {e}"))))?;
     let id = match raw.id {
         Some(serde_json::Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_LEN => id,
         _ => {
-            return Err((
-                None,
-                CoreError::InvalidFrame(format!("`id` must be a string of 1..{MAX_ID_LEN} chars")),
-            ));
+            return Err((None, CoreError::InvalidFrame(format!("`id` must be a string of 1..{MAX_ID_LEN} chars"))));
         }
     };
     let fail = |err| Err((Some(id.clone()), err));
     let channel = match raw.kind.as_str() {
         "ping" => None,
-        "subscribe" | "unsubscribe" | "publish" | "presence" => {
-            match raw.channel.as_deref().map(ChannelName::parse) {
-                Some(Ok(channel)) => Some(channel),
-                Some(Err(err)) => return fail(err),
-                None => return fail(CoreError::InvalidFrame("`channel` is required".into())),
-            }
-        }
+        "subscribe" | "unsubscribe" | "publish" | "presence" => match raw.channel.as_deref().map(ChannelName::parse) {
+            Some(Ok(channel)) => Some(channel),
+            Some(Err(err)) => return fail(err),
+            None => return fail(CoreError::InvalidFrame("`channel` is required".into())),
+        },
         other => return fail(CoreError::UnknownType(other.chars().take(64).collect())),
     };
     let command = match (raw.kind.as_str(), channel) {
@@ -112,9 +93,7 @@ pub fn parse_value(value: &RawValue) -> Result<Upstream, (Option<String>, CoreEr
 
 /// Encodes a downstream frame of any shape.
 pub fn encode(frame: &impl Serialize) -> Bytes {
-    serde_json::to_vec(frame)
-        .expect("downstream frames always serialize")
-        .into()
+    serde_json::to_vec(frame).expect("downstream frames always serialize").into()
 }
 
 pub fn ack(id: &str, result: impl Serialize) -> Bytes {
@@ -122,9 +101,7 @@ pub fn ack(id: &str, result: impl Serialize) -> Bytes {
 }
 
 pub fn error(id: Option<&str>, err: &CoreError) -> Bytes {
-    encode(
-        &serde_json::json!({ "type": "error", "id": id, "code": err.code(), "message": err.to_string() }),
-    )
+    encode(&serde_json::json!({ "type": "error", "id": id, "code": err.code(), "message": err.to_string() }))
 }
 
 /// Why a `gap` frame was sent.
@@ -154,45 +131,21 @@ mod tests {
 
     #[test]
     fn parses_each_command() {
-        let f =
-            parse(br#"{"type":"publish","id":"c1","channel":"chat","data":{"a":[1,2]}}"#).unwrap();
-        assert!(
-            matches!(f.command, Command::Publish { ref data, .. } if data.get() == r#"{"a":[1,2]}"#)
-        );
-        let f = parse(
-            br#"{"type":"subscribe","id":"c2","channel":"chat","since":{"epoch":"e1","offset":4}}"#,
-        )
-        .unwrap();
-        assert!(matches!(
-            f.command,
-            Command::Subscribe {
-                since: Some(Cursor { offset: 4, .. }),
-                ..
-            }
-        ));
-        assert!(matches!(
-            parse(br#"{"type":"ping","id":"p"}"#).unwrap().command,
-            Command::Ping
-        ));
+        let f = parse(br#"{"type":"publish","id":"c1","channel":"chat","data":{"a":[1,2]}}"#).unwrap();
+        assert!(matches!(f.command, Command::Publish { ref data, .. } if data.get() == r#"{"a":[1,2]}"#));
+        let f = parse(br#"{"type":"subscribe","id":"c2","channel":"chat","since":{"epoch":"e1","offset":4}}"#).unwrap();
+        assert!(matches!(f.command, Command::Subscribe { since: Some(Cursor { offset: 4, .. }), .. }));
+        assert!(matches!(parse(br#"{"type":"ping","id":"p"}"#).unwrap().command, Command::Ping));
     }
 
     #[test]
     fn bad_frames_get_their_documented_codes() {
         assert_eq!(code(b"{not json"), "malformed_json");
         assert_eq!(code(b"[]"), "invalid_frame");
-        assert_eq!(
-            code(br#"{"type":"publish","channel":"chat","data":1}"#),
-            "invalid_frame"
-        );
+        assert_eq!(code(br#"{"type":"publish","channel":"chat","data":1}"#), "invalid_frame");
         assert_eq!(code(br#"{"type":"teleport","id":"x"}"#), "unknown_type");
-        assert_eq!(
-            code(br#"{"type":"publish","id":"x","channel":"a b","data":1}"#),
-            "invalid_channel"
-        );
-        assert_eq!(
-            code(br#"{"type":"publish","id":"x","channel":"a"}"#),
-            "invalid_frame"
-        );
+        assert_eq!(code(br#"{"type":"publish","id":"x","channel":"a b","data":1}"#), "invalid_channel");
+        assert_eq!(code(br#"{"type":"publish","id":"x","channel":"a"}"#), "invalid_frame");
         let (id, _) = parse(br#"{"type":"teleport","id":"x9"}"#).unwrap_err();
         assert_eq!(id.as_deref(), Some("x9"));
     }

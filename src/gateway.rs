@@ -93,18 +93,12 @@ impl<S: Store> Gateway<S> {
         let channel = ChannelName::parse(channel)?;
         if let Some(key) = idempotency_key {
             if key.is_empty() || key.len() > 128 {
-                return Err(CoreError::InvalidFrame(
-                    "`idempotency_key` must be 1..128 chars".into(),
-                ));
+                return Err(CoreError::InvalidFrame("`idempotency_key` must be 1..128 chars".into()));
             }
         }
         let dedupe = idempotency_key.map(|k| format!("k:{k}"));
         let cursor = self.append(&channel, data, dedupe.as_deref()).await?;
-        Ok(serde_json::to_value(Stored {
-            channel: &channel,
-            cursor,
-        })
-        .unwrap_or_default())
+        Ok(serde_json::to_value(Stored { channel: &channel, cursor }).unwrap_or_default())
     }
 
     /// The public ids subscribed to `channel` on every node.
@@ -113,12 +107,7 @@ impl<S: Store> Gateway<S> {
         Ok(self.0.store.presence(&channel).await?)
     }
 
-    async fn append(
-        &self,
-        channel: &ChannelName,
-        data: &RawValue,
-        dedupe: Option<&str>,
-    ) -> Result<Cursor, CoreError> {
+    async fn append(&self, channel: &ChannelName, data: &RawValue, dedupe: Option<&str>) -> Result<Cursor, CoreError> {
         if data.get().len() > self.0.config.max_message_bytes {
             return Err(CoreError::PayloadTooLarge(self.0.config.max_message_bytes));
         }
@@ -127,10 +116,15 @@ impl<S: Store> Gateway<S> {
 
     async fn load(&self, session: &str) -> Result<(SessionId, SessionRecord), CoreError> {
         let id = SessionId::parse(session)?;
-        match self.0.store.load_session(&id).await? {
-            Some(record) => Ok((id, record)),
-            None => Err(CoreError::SessionUnknown),
+        let Some(record) = self.0.store.load_session(&id).await? else {
+            return Err(CoreError::SessionUnknown);
+        };
+        // Loading refreshed the session's TTL; presence entries are refreshed now and then, not per request.
+        let ttl_ms = self.0.config.session_ttl.as_millis() as u64;
+        if now_ms().saturating_sub(record.presence_at) > ttl_ms / 3 && !record.subscriptions.is_empty() {
+            self.0.store.touch_session(&id, &record).await?;
         }
+        Ok((id, record))
     }
 
     async fn open(&self, request: Attach) -> Result<Attached<Feed>, CoreError> {
@@ -139,11 +133,9 @@ impl<S: Store> Gateway<S> {
             None => Position::default(),
         };
         let channels = match &request.channels {
-            Some(list) => list
-                .split(',')
-                .filter(|c| !c.is_empty())
-                .map(ChannelName::parse)
-                .collect::<Result<Vec<_>, _>>()?,
+            Some(list) => {
+                list.split(',').filter(|c| !c.is_empty()).map(ChannelName::parse).collect::<Result<Vec<_>, _>>()?
+            }
             None => Vec::new(),
         };
         let (id, mut record, created) = match &request.session {
@@ -200,11 +192,7 @@ impl<S: Store> Gateway<S> {
             None => self.0.store.top(channel).await?,
         };
         let max = self.0.config.max_subscriptions;
-        self.0
-            .store
-            .subscribe(id, pid, channel, &start, max)
-            .await?
-            .ok_or(CoreError::SessionUnknown)
+        self.0.store.subscribe(id, pid, channel, &start, max).await?.ok_or(CoreError::SessionUnknown)
     }
 
     /// Applies one upstream frame; answers with its `ack` or `error` frame.
@@ -223,9 +211,7 @@ impl<S: Store> Gateway<S> {
     ) -> Result<serde_json::Value, CoreError> {
         Ok(match &frame.command {
             Command::Subscribe { channel, since } => {
-                let cursor = self
-                    .subscribe(id, &record.pid, channel, since.clone())
-                    .await?;
+                let cursor = self.subscribe(id, &record.pid, channel, since.clone()).await?;
                 self.0.store.notify_session(id).await?;
                 serde_json::to_value(Stored { channel, cursor }).unwrap_or_default()
             }
@@ -242,9 +228,7 @@ impl<S: Store> Gateway<S> {
             }
             Command::Presence { channel } => {
                 if !self.0.config.client_presence {
-                    return Err(CoreError::Forbidden(
-                        "client presence is turned off on this server",
-                    ));
+                    return Err(CoreError::Forbidden("client presence is turned off on this server"));
                 }
                 serde_json::json!({ "channel": channel, "pids": self.0.store.presence(channel).await? })
             }
@@ -293,8 +277,7 @@ impl<S: Store> Port for Gateway<S> {
     }
 
     async fn send(&self, session: &str, body: &[u8]) -> Result<Bytes, Rejection> {
-        let value: Box<RawValue> =
-            serde_json::from_slice(body).map_err(|e| CoreError::MalformedJson(e.to_string()))?;
+        let value: Box<RawValue> = serde_json::from_slice(body).map_err(|e| CoreError::MalformedJson(e.to_string()))?;
         let frames: Vec<&RawValue> = if value.get().trim_start().starts_with('[') {
             serde_json::from_str(value.get()).map_err(|e| CoreError::InvalidFrame(e.to_string()))?
         } else {

@@ -66,22 +66,13 @@ pub struct Hub {
 impl Hub {
     /// A hub whose topics need no store subscription.
     pub fn local() -> Arc<Hub> {
-        Arc::new(Hub {
-            topics: RwLock::default(),
-            commands: None,
-        })
+        Arc::new(Hub { topics: RwLock::default(), commands: None })
     }
 
     /// A hub that asks a store's listener task to subscribe topics; the task reads the returned queue.
     pub fn with_listener() -> (Arc<Hub>, mpsc::UnboundedReceiver<ListenCommand>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Arc::new(Hub {
-                topics: RwLock::default(),
-                commands: Some(tx),
-            }),
-            rx,
-        )
+        (Arc::new(Hub { topics: RwLock::default(), commands: Some(tx) }), rx)
     }
 
     /// Starts listening to `topic`; live once the returned listener is [`Listener::ready`].
@@ -92,20 +83,11 @@ impl Hub {
             if let Some(commands) = &self.commands {
                 let _ = commands.send(ListenCommand::Listen(topic.clone(), ready_tx));
             }
-            Entry {
-                sender: broadcast::channel(TOPIC_CAPACITY).0,
-                ready,
-                listeners: 0,
-            }
+            Entry { sender: broadcast::channel(TOPIC_CAPACITY).0, ready, listeners: 0 }
         });
         entry.listeners += 1;
         let events = BroadcastStream::new(entry.sender.subscribe());
-        Listener {
-            events,
-            ready: entry.ready.clone(),
-            hub: self.clone(),
-            topic,
-        }
+        Listener { events, ready: entry.ready.clone(), hub: self.clone(), topic }
     }
 
     /// Hands an event to every local listener of `topic`.
@@ -126,12 +108,7 @@ impl Hub {
 
     /// The topics with listeners here, for a store that re-subscribes after reconnecting.
     pub fn topics(&self) -> Vec<Topic> {
-        self.topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
     fn release(&self, topic: &Topic) {
@@ -161,10 +138,7 @@ pub struct Listener {
 impl Listener {
     /// Waits until the store delivers this topic live (at most `limit`); `false` if it did not in time.
     pub async fn ready(&mut self, limit: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(limit, self.ready.wait_for(|r| *r)).await,
-            Ok(Ok(_))
-        )
+        matches!(tokio::time::timeout(limit, self.ready.wait_for(|r| *r)).await, Ok(Ok(_)))
     }
 }
 
@@ -172,9 +146,9 @@ impl Stream for Listener {
     type Item = Live;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Live>> {
-        Pin::new(&mut self.events).poll_next(cx).map(|event| {
-            event.map(|e| e.unwrap_or_else(|BroadcastStreamRecvError::Lagged(_)| Live::Resync))
-        })
+        Pin::new(&mut self.events)
+            .poll_next(cx)
+            .map(|event| event.map(|e| e.unwrap_or_else(|BroadcastStreamRecvError::Lagged(_)| Live::Resync)))
     }
 }
 
@@ -194,18 +168,13 @@ mod tests {
         let topic = Topic::Channel(ChannelName::parse("a").unwrap());
         let a = hub.listen(topic.clone());
         let b = hub.listen(topic.clone());
-        let Some(ListenCommand::Listen(t, ready)) = commands.recv().await else {
-            panic!("no listen")
-        };
+        let Some(ListenCommand::Listen(t, ready)) = commands.recv().await else { panic!("no listen") };
         assert_eq!(t, topic);
         ready.send(true).unwrap();
         drop(a);
         assert!(commands.try_recv().is_err(), "one listener remains");
         drop(b);
-        assert!(matches!(
-            commands.recv().await,
-            Some(ListenCommand::Unlisten(_))
-        ));
+        assert!(matches!(commands.recv().await, Some(ListenCommand::Unlisten(_))));
         assert!(hub.topics().is_empty());
     }
 }

@@ -46,33 +46,15 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener) -> anyhow::R
             let store = MemoryStore::new(config.retention(), hub.clone());
             store.spawn_sweeper(Duration::from_secs(5));
             tracing::info!(%node, addr = %listener.local_addr()?, "serving on the embedded in-memory store");
-            serve(
-                Gateway::new(store, hub, config.core(node)),
-                &config,
-                listener,
-                lifecycle,
-            )
-            .await
+            serve(Gateway::new(store, hub, config.core(node)), &config, listener, lifecycle).await
         }
         Some(url) => {
             let (hub, commands) = Hub::with_listener();
-            let store = RedisStore::connect(
-                url,
-                &config.redis_prefix,
-                config.retention(),
-                hub.clone(),
-                commands,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach Redis at {url}: {e}"))?;
+            let store = RedisStore::connect(url, &config.redis_prefix, config.retention(), hub.clone(), commands)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach Redis at {url}: {e}"))?;
             tracing::info!(%node, addr = %listener.local_addr()?, "serving on Redis");
-            serve(
-                Gateway::new(store, hub, config.core(node)),
-                &config,
-                listener,
-                lifecycle,
-            )
-            .await
+            serve(Gateway::new(store, hub, config.core(node)), &config, listener, lifecycle).await
         }
     }
 }
@@ -84,11 +66,7 @@ async fn serve<S: Store>(
     lifecycle: Lifecycle,
 ) -> anyhow::Result<()> {
     if config.demo_ticker_ms > 0 {
-        demo::spawn_ticker(
-            gateway.clone(),
-            Duration::from_millis(config.demo_ticker_ms),
-            lifecycle.shutdown.clone(),
-        );
+        demo::spawn_ticker(gateway.clone(), Duration::from_millis(config.demo_ticker_ms), lifecycle.shutdown.clone());
     }
     let app = server::router(gateway, config, lifecycle.clone());
     server::serve(listener, app, lifecycle).await?;

@@ -27,15 +27,10 @@ impl Position {
             let (Some(channel), Some(epoch), Some(offset), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
             else {
-                return Err(CoreError::InvalidPosition(
-                    "entries are channel@epoch@offset",
-                ));
+                return Err(CoreError::InvalidPosition("entries are channel@epoch@offset"));
             };
-            let channel = ChannelName::parse(channel)
-                .map_err(|_| CoreError::InvalidPosition("bad channel"))?;
-            let offset = offset
-                .parse()
-                .map_err(|_| CoreError::InvalidPosition("bad offset"))?;
+            let channel = ChannelName::parse(channel).map_err(|_| CoreError::InvalidPosition("bad channel"))?;
+            let offset = offset.parse().map_err(|_| CoreError::InvalidPosition("bad offset"))?;
             cursors.insert(channel, Cursor::new(Epoch::parse(epoch)?, offset));
         }
         Ok(Position(cursors))
@@ -73,15 +68,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_entries() {
-        for bad in [
-            "chat",
-            "chat@e1",
-            "chat@e1@x",
-            "chat@e1@1@2",
-            "ch at@e@1",
-            "chat@e-1@1",
-            "chat@e1@-1",
-        ] {
+        for bad in ["chat", "chat@e1", "chat@e1@x", "chat@e1@1@2", "ch at@e@1", "chat@e-1@1", "chat@e1@-1"] {
             assert!(Position::parse(bad).is_err(), "{bad}");
         }
     }

@@ -36,43 +36,29 @@ pub fn router<S: Store>(gateway: Gateway<S>, config: &Config, lifecycle: Lifecyc
         gateway: gateway.clone(),
         api_key: config.api_key.clone(),
         // A batch publish may carry several messages of max_message_bytes each.
-        max_body: config
-            .max_message_bytes
-            .saturating_mul(config.max_frames_per_send.max(1)),
+        max_body: config.max_message_bytes.saturating_mul(config.max_frames_per_send.max(1)),
     });
     let backend = Router::new()
         .route("/v1/publish", post(publish::<S>))
         .route("/v1/presence", get(presence::<S>))
         .with_state(api);
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            "last-event-id".parse().expect("valid header"),
-        ]);
+    let cors = CorsLayer::new().allow_origin(Any).allow_methods([Method::GET, Method::POST]).allow_headers([
+        header::CONTENT_TYPE,
+        header::AUTHORIZATION,
+        "last-event-id".parse().expect("valid header"),
+    ]);
     stickless_transports::router(gateway, config.transport(), lifecycle)
         .merge(backend)
         .fallback_service(ServeDir::new(&config.web_dir))
         .layer(cors)
         .layer(CatchPanicLayer::custom(|_| {
-            Rejection::new(
-                Fault::Unavailable,
-                "internal",
-                "the server failed on this request",
-            )
-            .into_response()
+            Rejection::new(Fault::Unavailable, "internal", "the server failed on this request").into_response()
         }))
         .layer(TraceLayer::new_for_http())
 }
 
 /// Serves until SIGINT/SIGTERM or `shutdown` is cancelled, then ends live connections and waits for them.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    lifecycle: Lifecycle,
-) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, lifecycle: Lifecycle) -> std::io::Result<()> {
     let token = lifecycle.shutdown.clone();
     tokio::spawn({
         let token = token.clone();
@@ -82,9 +68,7 @@ pub async fn serve(
             token.cancel();
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await?;
     lifecycle.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), lifecycle.tasks.wait()).await;
     Ok(())
@@ -175,10 +159,7 @@ async fn presence<S: Store>(
 ) -> Response {
     let result = async {
         api.authorize(&headers)?;
-        let channel = query
-            .ok()
-            .and_then(|q| q.0.channel)
-            .ok_or(CoreError::InvalidChannel)?;
+        let channel = query.ok().and_then(|q| q.0.channel).ok_or(CoreError::InvalidChannel)?;
         let pids = api.gateway.presence(&channel).await?;
         Ok(serde_json::json!({ "channel": channel, "pids": pids }))
     }
@@ -197,12 +178,7 @@ impl<S> Api<S> {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         // Compare every byte, so the time taken does not tell how much of a guess was right.
-        let same = given.len() == key.len()
-            && given
-                .bytes()
-                .zip(key.bytes())
-                .fold(0, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        let same = given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0;
         if same {
             Ok(())
         } else {
@@ -213,11 +189,7 @@ impl<S> Api<S> {
 
 fn answer(result: Result<serde_json::Value, CoreError>) -> Response {
     match result {
-        Ok(value) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            value.to_string(),
-        )
-            .into_response(),
+        Ok(value) => ([(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response(),
         Err(err) => Rejection::from(err).into_response(),
     }
 }

@@ -16,11 +16,7 @@ impl SessionId {
 
     /// Accepts only well-formed ids, so a client cannot smuggle key syntax into the store.
     pub fn parse(text: &str) -> Result<Self, CoreError> {
-        if text.len() == 32
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
+        if text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
             Ok(SessionId(text.to_owned()))
         } else {
             Err(CoreError::SessionUnknown)
@@ -39,14 +35,13 @@ pub struct SessionRecord {
     pub pid: String,
     /// Each subscription with the cursor it started from.
     pub subscriptions: BTreeMap<ChannelName, Cursor>,
+    /// When presence entries were last refreshed (ms since 1970), so requests refresh them only now and then.
+    pub presence_at: u64,
 }
 
 impl SessionRecord {
     pub fn new() -> Self {
-        SessionRecord {
-            pid: crate::random_hex(8),
-            subscriptions: BTreeMap::new(),
-        }
+        SessionRecord { pid: crate::random_hex(8), subscriptions: BTreeMap::new(), presence_at: crate::store::now_ms() }
     }
 }
 

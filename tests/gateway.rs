@@ -29,11 +29,7 @@ async fn published_message_reaches_websocket_sse_and_long_polling_clients() {
         assert_eq!(frame["offset"], 1);
         assert_eq!(frame["data"]["headline"], "hello");
     }
-    assert!(sse
-        .last_event_id
-        .as_deref()
-        .unwrap()
-        .ends_with(&format!("news@{}@1", stored["epoch"].as_str().unwrap())));
+    assert!(sse.last_event_id.as_deref().unwrap().ends_with(&format!("news@{}@1", stored["epoch"].as_str().unwrap())));
 }
 
 /// A client's own record of where it is, as the JS client keeps it.
@@ -48,12 +44,7 @@ impl Tracker {
         if frame["type"] == "message" {
             // Drop what was already seen: the client-side half of exactly-once across transports.
             let offset = frame["offset"].as_u64().unwrap();
-            if self
-                .received
-                .offsets
-                .last()
-                .is_some_and(|last| offset <= *last)
-            {
+            if self.received.offsets.last().is_some_and(|last| offset <= *last) {
                 return;
             }
             self.epoch = frame["epoch"].as_str().unwrap().into();
@@ -93,11 +84,8 @@ async fn switching_transports_mid_stream_delivers_every_message_once_in_order() 
         assert!(round < 500, "stuck at offset {}", t.last());
         match round % 3 {
             0 => {
-                let mut p = Poller {
-                    session: session.clone(),
-                    position: t.position("stream"),
-                    last_node: String::new(),
-                };
+                let mut p =
+                    Poller { session: session.clone(), position: t.position("stream"), last_node: String::new() };
                 for _ in 0..3 {
                     for f in p.poll(&node.url).await {
                         t.take(&f);
@@ -205,30 +193,13 @@ async fn upstream_publish_retried_with_the_same_id_is_stored_once() {
     assert_eq!(again[1]["result"], first[0]["result"]);
     // A backend's idempotency key behaves the same.
     let body = json!({"channel": "orders", "data": 2, "idempotency_key": "k-2"});
-    let a: Value = http()
-        .post(format!("{}/v1/publish", node.url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b: Value = http()
-        .post(format!("{}/v1/publish", node.url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a: Value =
+        http().post(format!("{}/v1/publish", node.url)).json(&body).send().await.unwrap().json().await.unwrap();
+    let b: Value =
+        http().post(format!("{}/v1/publish", node.url)).json(&body).send().await.unwrap().json().await.unwrap();
     assert_eq!(a, b);
     let frames = poller.poll(&node.url).await;
-    let offsets: Vec<_> = frames
-        .iter()
-        .map(|f| f["offset"].as_u64().unwrap())
-        .collect();
+    let offsets: Vec<_> = frames.iter().map(|f| f["offset"].as_u64().unwrap()).collect();
     assert_eq!(offsets, vec![1, 2], "stored once each");
 }
 
@@ -236,9 +207,7 @@ async fn error_code(r: reqwest::Response, status: u16) -> String {
     assert_eq!(r.status(), status);
     assert_eq!(r.headers()["content-type"], "application/json");
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"]["message"]
-        .as_str()
-        .is_some_and(|m| !m.is_empty()));
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     body["error"]["code"].as_str().unwrap().to_owned()
 }
 
@@ -247,111 +216,43 @@ async fn bad_http_input_gets_documented_json_errors() {
     let node = Node::start(&["--max-subscriptions", "2", "--max-message-bytes", "4096"]).await;
     let (u, c) = (&node.url, http());
     let poller = Poller::open(u, "a").await;
-    let send = |body: &'static str| {
-        c.post(format!("{u}/v1/send?session={}", poller.session))
-            .body(body)
-            .send()
-    };
+    let send = |body: &'static str| c.post(format!("{u}/v1/send?session={}", poller.session)).body(body).send();
 
+    assert_eq!(error_code(send("{not json").await.unwrap(), 400).await, "malformed_json");
     assert_eq!(
-        error_code(send("{not json").await.unwrap(), 400).await,
-        "malformed_json"
-    );
-    assert_eq!(
-        error_code(
-            c.get(format!(
-                "{u}/v1/poll?session=0123456789abcdef0123456789abcdef"
-            ))
-            .send()
-            .await
-            .unwrap(),
-            404
-        )
-        .await,
+        error_code(c.get(format!("{u}/v1/poll?session=0123456789abcdef0123456789abcdef")).send().await.unwrap(), 404)
+            .await,
         "session_unknown"
     );
     assert_eq!(
-        error_code(
-            c.get(format!("{u}/v1/sse?session=nope"))
-                .send()
-                .await
-                .unwrap(),
-            404
-        )
-        .await,
+        error_code(c.get(format!("{u}/v1/sse?session=nope")).send().await.unwrap(), 404).await,
         "session_unknown"
     );
     assert_eq!(
-        error_code(
-            c.post(format!("{u}/v1/send?session=nope"))
-                .body("[]")
-                .send()
-                .await
-                .unwrap(),
-            404
-        )
-        .await,
+        error_code(c.post(format!("{u}/v1/send?session=nope")).body("[]").send().await.unwrap(), 404).await,
         "session_unknown"
     );
     assert_eq!(
-        error_code(
-            c.get(format!("{u}/v1/poll?channels=a%20b"))
-                .send()
-                .await
-                .unwrap(),
-            400
-        )
-        .await,
+        error_code(c.get(format!("{u}/v1/poll?channels=a%20b")).send().await.unwrap(), 400).await,
         "invalid_channel"
     );
     assert_eq!(
-        error_code(
-            c.get(format!(
-                "{u}/v1/poll?session={}&position=a@@x",
-                poller.session
-            ))
-            .send()
-            .await
-            .unwrap(),
-            400
-        )
-        .await,
+        error_code(c.get(format!("{u}/v1/poll?session={}&position=a@@x", poller.session)).send().await.unwrap(), 400)
+            .await,
         "invalid_position"
     );
     let big = format!(r#"{{"channel":"a","data":"{}"}}"#, "x".repeat(5000));
     assert_eq!(
-        error_code(
-            c.post(format!("{u}/v1/publish"))
-                .body(big.clone())
-                .send()
-                .await
-                .unwrap(),
-            413
-        )
-        .await,
+        error_code(c.post(format!("{u}/v1/publish")).body(big.clone()).send().await.unwrap(), 413).await,
         "payload_too_large"
     );
     assert_eq!(
-        error_code(
-            c.post(format!("{u}/v1/send?session={}", poller.session))
-                .body(big)
-                .send()
-                .await
-                .unwrap(),
-            413
-        )
-        .await,
+        error_code(c.post(format!("{u}/v1/send?session={}", poller.session)).body(big).send().await.unwrap(), 413)
+            .await,
         "payload_too_large"
     );
-    let many: Vec<Value> = (0..101)
-        .map(|i| json!({"type": "ping", "id": i.to_string()}))
-        .collect();
-    let r = c
-        .post(format!("{u}/v1/send?session={}", poller.session))
-        .json(&many)
-        .send()
-        .await
-        .unwrap();
+    let many: Vec<Value> = (0..101).map(|i| json!({"type": "ping", "id": i.to_string()})).collect();
+    let r = c.post(format!("{u}/v1/send?session={}", poller.session)).json(&many).send().await.unwrap();
     assert_eq!(error_code(r, 400).await, "too_many_frames");
 
     // Per-frame faults come back as error frames; the other frames of the request still apply.
@@ -363,55 +264,22 @@ async fn bad_http_input_gets_documented_json_errors() {
     .json()
     .await
     .unwrap();
-    let codes: Vec<_> = replies
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["code"].as_str().unwrap_or("ack").to_owned())
-        .collect();
-    assert_eq!(
-        codes,
-        [
-            "unknown_type",
-            "invalid_channel",
-            "ack",
-            "too_many_subscriptions",
-            "ack",
-            "invalid_frame"
-        ]
-    );
+    let codes: Vec<_> =
+        replies.as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap_or("ack").to_owned()).collect();
+    assert_eq!(codes, ["unknown_type", "invalid_channel", "ack", "too_many_subscriptions", "ack", "invalid_frame"]);
     assert_eq!(replies[0]["id"], "1");
 
     let ws_off = Node::start(&["--transports", "sse,long-polling"]).await;
     assert_eq!(
-        error_code(
-            c.get(format!("{}/v1/ws", ws_off.url)).send().await.unwrap(),
-            404
-        )
-        .await,
+        error_code(c.get(format!("{}/v1/ws", ws_off.url)).send().await.unwrap(), 404).await,
         "transport_disabled"
     );
-    let negotiate: Value = c
-        .get(format!("{}/v1/negotiate", ws_off.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let names: Vec<_> = negotiate["transports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].clone())
-        .collect();
+    let negotiate: Value = c.get(format!("{}/v1/negotiate", ws_off.url)).send().await.unwrap().json().await.unwrap();
+    let names: Vec<_> = negotiate["transports"].as_array().unwrap().iter().map(|t| t["name"].clone()).collect();
     assert_eq!(names, [json!("sse"), json!("long-polling")]);
 
     let keyed = Node::start(&["--api-key", "s3cret"]).await;
-    assert_eq!(
-        error_code(publish(&keyed.url, "a", json!(1)).await, 401).await,
-        "unauthorized"
-    );
+    assert_eq!(error_code(publish(&keyed.url, "a", json!(1)).await, 401).await, "unauthorized");
     let ok = c
         .post(format!("{}/v1/publish", keyed.url))
         .bearer_auth("s3cret")
@@ -424,12 +292,7 @@ async fn bad_http_input_gets_documented_json_errors() {
 
 async fn ws_close_code(ws: &mut Ws) -> Option<CloseCode> {
     loop {
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            futures_util::StreamExt::next(&mut ws.stream),
-        )
-        .await
-        {
+        match tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut ws.stream)).await {
             Ok(Some(Ok(WsMessage::Close(frame)))) => return frame.map(|f| f.code),
             Ok(Some(Ok(_))) => continue,
             _ => return None,
@@ -444,54 +307,33 @@ async fn bad_websocket_input_gets_error_frames_or_close_codes() {
     for (raw, code) in [
         ("{oops", "malformed_json"),
         (r#"{"type":"warp","id":"w"}"#, "unknown_type"),
-        (
-            r#"{"type":"subscribe","id":"s","channel":"no spaces"}"#,
-            "invalid_channel",
-        ),
-        (
-            r#"{"type":"publish","channel":"a","data":1}"#,
-            "invalid_frame",
-        ),
+        (r#"{"type":"subscribe","id":"s","channel":"no spaces"}"#, "invalid_channel"),
+        (r#"{"type":"publish","channel":"a","data":1}"#, "invalid_frame"),
     ] {
         ws.stream.send(WsMessage::text(raw)).await.unwrap();
         let reply = ws.next().await.unwrap();
         assert_eq!(reply["type"], "error", "{raw}");
         assert_eq!(reply["code"], code, "{raw}");
     }
-    ws.stream
-        .send(WsMessage::binary(vec![1u8, 2, 3]))
-        .await
-        .unwrap();
+    ws.stream.send(WsMessage::binary(vec![1u8, 2, 3])).await.unwrap();
     assert_eq!(ws.next().await.unwrap()["code"], "binary_unsupported");
     // One bad frame leaves the session usable.
-    ws.send(json!({"type": "publish", "id": "ok", "channel": "a", "data": "still here"}))
-        .await;
-    let mut seen = vec![ws.next().await.unwrap(), ws.next().await.unwrap()];
+    ws.send(json!({"type": "publish", "id": "ok", "channel": "a", "data": "still here"})).await;
+    let mut seen = [ws.next().await.unwrap(), ws.next().await.unwrap()];
     seen.sort_by_key(|f| f["type"].as_str().unwrap().to_owned());
     assert_eq!(seen[0]["type"], "ack");
     assert_eq!(seen[1]["data"], "still here");
 
-    ws.stream
-        .send(WsMessage::text("x".repeat(4096)))
-        .await
-        .unwrap();
+    ws.stream.send(WsMessage::text("x".repeat(4096))).await.unwrap();
     assert_eq!(ws_close_code(&mut ws).await, Some(CloseCode::Size));
 
-    let (mut raw, _) = tokio_tungstenite::connect_async(format!(
-        "{}/v1/ws?session=00000000000000000000000000000000",
-        node.ws_url()
-    ))
-    .await
-    .unwrap();
-    let first = futures_util::StreamExt::next(&mut raw)
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut raw, _) =
+        tokio_tungstenite::connect_async(format!("{}/v1/ws?session=00000000000000000000000000000000", node.ws_url()))
+            .await
+            .unwrap();
+    let first = futures_util::StreamExt::next(&mut raw).await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("session_unknown"));
-    let mut unknown = Ws {
-        stream: raw,
-        session: String::new(),
-    };
+    let mut unknown = Ws { stream: raw, session: String::new() };
     assert_eq!(ws_close_code(&mut unknown).await, Some(CloseCode::Policy));
 }
 
@@ -499,13 +341,9 @@ async fn bad_websocket_input_gets_error_frames_or_close_codes() {
 async fn websocket_invalid_utf8_is_closed_with_1007() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let node = Node::start(&[]).await;
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
-        .await
-        .unwrap();
-    let handshake = format!(
-        "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let handshake = "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     tcp.write_all(handshake.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tcp.read(&mut buf).await.unwrap();
@@ -526,10 +364,7 @@ async fn websocket_invalid_utf8_is_closed_with_1007() {
         }
     }
     // Find the close frame (opcode 0x8) and its code.
-    let close = seen
-        .windows(4)
-        .find(|w| w[0] == 0x88)
-        .expect("a close frame");
+    let close = seen.windows(4).find(|w| w[0] == 0x88).expect("a close frame");
     assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1007);
 }
 
@@ -567,49 +402,18 @@ async fn random_bytes_and_truncated_frames_never_take_the_server_down() {
         } else {
             junk.bytes(512)
         };
-        let r = c
-            .post(format!("{}/v1/send?session={}", node.url, poller.session))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_client_error() || r.status() == 200,
-            "send answered {}",
-            r.status()
-        );
-        let r = c
-            .post(format!("{}/v1/publish", node.url))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_client_error() || r.status() == 200,
-            "publish answered {}",
-            r.status()
-        );
+        let r =
+            c.post(format!("{}/v1/send?session={}", node.url, poller.session)).body(body.clone()).send().await.unwrap();
+        assert!(r.status().is_client_error() || r.status() == 200, "send answered {}", r.status());
+        let r = c.post(format!("{}/v1/publish", node.url)).body(body.clone()).send().await.unwrap();
+        assert!(r.status().is_client_error() || r.status() == 200, "publish answered {}", r.status());
         let q: String = body.iter().map(|b| format!("%{b:02x}")).take(64).collect();
         for path in ["poll", "sse"] {
-            let r = c
-                .get(format!(
-                    "{}/v1/{path}?session={q}&position={q}&channels={q}",
-                    node.url
-                ))
-                .send()
-                .await
-                .unwrap();
+            let r =
+                c.get(format!("{}/v1/{path}?session={q}&position={q}&channels={q}", node.url)).send().await.unwrap();
             // Junk is refused with a 4xx; an empty value just means "new session", which is fine.
-            assert!(
-                !r.status().is_server_error(),
-                "{path} answered {}",
-                r.status()
-            );
-            assert!(
-                r.status().is_client_error() || q.is_empty(),
-                "{path} answered {} to {q}",
-                r.status()
-            );
+            assert!(!r.status().is_server_error(), "{path} answered {}", r.status());
+            assert!(r.status().is_client_error() || q.is_empty(), "{path} answered {} to {q}", r.status());
         }
     }
     let mut ws = Ws::connect(&node.ws_url(), "channels=fuzz").await;
@@ -642,10 +446,6 @@ async fn idle_session_expires_after_its_ttl() {
     let mut poller = Poller::open(&node.url, "a").await;
     poller.poll(&node.url).await.len();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let r = http()
-        .get(format!("{}/v1/poll?session={}", node.url, poller.session))
-        .send()
-        .await
-        .unwrap();
+    let r = http().get(format!("{}/v1/poll?session={}", node.url, poller.session)).send().await.unwrap();
     assert_eq!(error_code(r, 404).await, "session_unknown");
 }

@@ -54,17 +54,11 @@ impl Log {
         while self.entries.len() > retention.history_size {
             self.entries.pop_front();
         }
-        while self
-            .entries
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > retention.history_ttl)
-        {
+        while self.entries.front().is_some_and(|(at, _)| now.duration_since(*at) > retention.history_ttl) {
             self.entries.pop_front();
         }
         while let Some((at, key)) = self.dedupe_order.front() {
-            if now.duration_since(*at) <= retention.dedupe_ttl
-                && self.dedupe_order.len() <= MAX_DEDUPE_PER_CHANNEL
-            {
+            if now.duration_since(*at) <= retention.dedupe_ttl && self.dedupe_order.len() <= MAX_DEDUPE_PER_CHANNEL {
                 break;
             }
             self.dedupe.remove(key);
@@ -80,12 +74,7 @@ impl Log {
 
 impl MemoryStore {
     pub fn new(retention: Retention, hub: Arc<Hub>) -> Arc<Self> {
-        Arc::new(MemoryStore {
-            channels: RwLock::default(),
-            sessions: Mutex::default(),
-            retention,
-            hub,
-        })
+        Arc::new(MemoryStore { channels: RwLock::default(), sessions: Mutex::default(), retention, hub })
     }
 
     /// Expires sessions, and forgets channels with nothing kept and nobody present, every `every`.
@@ -102,8 +91,7 @@ impl MemoryStore {
     }
 
     fn sweep(&self, now: Instant) {
-        self.lock_sessions()
-            .retain(|_, (_, expires)| *expires > now);
+        self.lock_sessions().retain(|_, (_, expires)| *expires > now);
         let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
         channels.retain(|_, log| {
             let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
@@ -118,19 +106,11 @@ impl MemoryStore {
     }
 
     fn log(&self, channel: &ChannelName) -> Arc<Mutex<Log>> {
-        if let Some(log) = self
-            .channels
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(channel)
-        {
+        if let Some(log) = self.channels.read().unwrap_or_else(|e| e.into_inner()).get(channel) {
             return log.clone();
         }
         let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
-        channels
-            .entry(channel.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(Log::new())))
-            .clone()
+        channels.entry(channel.clone()).or_insert_with(|| Arc::new(Mutex::new(Log::new()))).clone()
     }
 
     fn with_log<T>(&self, channel: &ChannelName, f: impl FnOnce(&mut Log) -> T) -> T {
@@ -140,9 +120,7 @@ impl MemoryStore {
         f(&mut log)
     }
 
-    fn lock_sessions(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<SessionId, (SessionRecord, Instant)>> {
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, (SessionRecord, Instant)>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -174,10 +152,7 @@ impl Store for MemoryStore {
             }
             log.trim(&self.retention, now);
             // Delivered under the log's lock, so live listeners see this channel's messages in offset order.
-            self.hub.deliver(
-                &Topic::Channel(channel.clone()),
-                Live::Message(message.clone()),
-            );
+            self.hub.deliver(&Topic::Channel(channel.clone()), Live::Message(message.clone()));
             Ok(message)
         });
         Ok(match message {
@@ -186,34 +161,20 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn read(
-        &self,
-        channel: &ChannelName,
-        after: &Cursor,
-        limit: usize,
-    ) -> Result<History, StoreError> {
+    async fn read(&self, channel: &ChannelName, after: &Cursor, limit: usize) -> Result<History, StoreError> {
         Ok(self.with_log(channel, |log| {
             log.trim(&self.retention, Instant::now());
             let first = log.first();
             let gap = if after.epoch != log.epoch || after.offset > log.top {
                 Some((Cursor::new(log.epoch.clone(), first - 1), GapReason::Epoch))
             } else if after.offset + 1 < first {
-                Some((
-                    Cursor::new(log.epoch.clone(), first - 1),
-                    GapReason::Trimmed,
-                ))
+                Some((Cursor::new(log.epoch.clone(), first - 1), GapReason::Trimmed))
             } else {
                 None
             };
             let from = gap.as_ref().map_or(after.offset, |(c, _)| c.offset) + 1;
             let skip = (from - first) as usize;
-            let messages = log
-                .entries
-                .iter()
-                .skip(skip)
-                .take(limit)
-                .map(|(_, m)| m.clone())
-                .collect();
+            let messages = log.entries.iter().skip(skip).take(limit).map(|(_, m)| m.clone()).collect();
             History { gap, messages }
         }))
     }
@@ -222,14 +183,9 @@ impl Store for MemoryStore {
         Ok(self.with_log(channel, |log| Cursor::new(log.epoch.clone(), log.top)))
     }
 
-    async fn create_session(
-        &self,
-        id: &SessionId,
-        record: &SessionRecord,
-    ) -> Result<(), StoreError> {
+    async fn create_session(&self, id: &SessionId, record: &SessionRecord) -> Result<(), StoreError> {
         let expires = Instant::now() + self.retention.session_ttl;
-        self.lock_sessions()
-            .insert(id.clone(), (record.clone(), expires));
+        self.lock_sessions().insert(id.clone(), (record.clone(), expires));
         Ok(())
     }
 
@@ -245,14 +201,14 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn touch_session(
-        &self,
-        id: &SessionId,
-        record: &SessionRecord,
-    ) -> Result<bool, StoreError> {
+    async fn touch_session(&self, id: &SessionId, record: &SessionRecord) -> Result<bool, StoreError> {
         let expires = Instant::now() + self.retention.session_ttl;
-        if self.load_session(id).await?.is_none() {
-            return Ok(false);
+        match self.lock_sessions().get_mut(id) {
+            Some((stored, at)) if *at > Instant::now() => {
+                *at = expires;
+                stored.presence_at = super::now_ms();
+            }
+            _ => return Ok(false),
         }
         for channel in record.subscriptions.keys() {
             self.mark_present(&record.pid, channel, expires);
@@ -287,12 +243,7 @@ impl Store for MemoryStore {
         Ok(Some(in_force))
     }
 
-    async fn unsubscribe(
-        &self,
-        id: &SessionId,
-        pid: &str,
-        channel: &ChannelName,
-    ) -> Result<(), StoreError> {
+    async fn unsubscribe(&self, id: &SessionId, pid: &str, channel: &ChannelName) -> Result<(), StoreError> {
         if let Some((record, _)) = self.lock_sessions().get_mut(id) {
             record.subscriptions.remove(channel);
         }
@@ -303,20 +254,14 @@ impl Store for MemoryStore {
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<String>, StoreError> {
         let now = Instant::now();
         Ok(self.with_log(channel, |log| {
-            let mut pids: Vec<_> = log
-                .presence
-                .iter()
-                .filter(|(_, e)| **e > now)
-                .map(|(p, _)| p.clone())
-                .collect();
+            let mut pids: Vec<_> = log.presence.iter().filter(|(_, e)| **e > now).map(|(p, _)| p.clone()).collect();
             pids.sort();
             pids
         }))
     }
 
     async fn notify_session(&self, id: &SessionId) -> Result<(), StoreError> {
-        self.hub
-            .deliver(&Topic::Session(id.clone()), Live::SessionChanged);
+        self.hub.deliver(&Topic::Session(id.clone()), Live::SessionChanged);
         Ok(())
     }
 }

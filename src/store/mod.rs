@@ -80,8 +80,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<History, StoreError>> + Send;
 
     /// The cursor of the newest message (offset 0 when there is none), creating the log's epoch if needed.
-    fn top(&self, channel: &ChannelName)
-        -> impl Future<Output = Result<Cursor, StoreError>> + Send;
+    fn top(&self, channel: &ChannelName) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
 
     fn create_session(
         &self,
@@ -90,12 +89,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Loads a session and refreshes its TTL; `None` when unknown or expired.
-    fn load_session(
-        &self,
-        id: &SessionId,
-    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+    fn load_session(&self, id: &SessionId) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
 
-    /// Refreshes a session's TTL and its presence entries; `false` when it has expired.
+    /// Refreshes a session's TTL and its presence entries, and records when (`presence_at`); `false` when it
+    /// has expired.
     fn touch_session(
         &self,
         id: &SessionId,
@@ -121,20 +118,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The public ids of the sessions subscribed to `channel` now, on every node.
-    fn presence(
-        &self,
-        channel: &ChannelName,
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    fn presence(&self, channel: &ChannelName) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Tells every node's live feeds of this session that its subscriptions changed.
-    fn notify_session(&self, id: &SessionId)
-        -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn notify_session(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Milliseconds since 1970, the `ts` of a message.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

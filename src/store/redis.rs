@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::interfaces::{
-    ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface,
-    SortedSetsInterface,
+    ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface, SortedSetsInterface,
 };
 use fred::prelude::{Client, Config, ReconnectPolicy};
 use fred::types::scripts::Script;
@@ -175,10 +174,7 @@ impl RedisStore {
 
     fn topic_of(&self, name: &str) -> Option<Topic> {
         let rest = name.strip_prefix(&self.prefix)?.strip_prefix(':')?;
-        if let Some(id) = rest
-            .strip_prefix("s:{")
-            .and_then(|r| r.strip_suffix("}:ctl"))
-        {
+        if let Some(id) = rest.strip_prefix("s:{").and_then(|r| r.strip_suffix("}:ctl")) {
             return SessionId::parse(id).ok().map(Topic::Session);
         }
         let channel = rest.strip_prefix('{')?.strip_suffix("}:live")?;
@@ -194,34 +190,17 @@ impl RedisStore {
         d.as_millis().max(1).to_string()
     }
 
-    async fn eval(
-        &self,
-        script: &Script,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<Value, StoreError> {
-        script
-            .evalsha_with_reload(&self.client, keys, args)
-            .await
-            .map_err(unavailable)
+    async fn eval(&self, script: &Script, keys: Vec<String>, args: Vec<String>) -> Result<Value, StoreError> {
+        script.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)
     }
 
     async fn mark_present(&self, pid: &str, channel: &ChannelName) -> Result<(), StoreError> {
         let key = self.channel_key(channel, "p");
         let expires = super::now_ms() + self.retention.session_ttl.as_millis() as u64;
         let pipe = self.client.pipeline();
-        let _: Value = pipe
-            .zadd(&key, None, None, false, false, (expires as f64, pid))
-            .await
-            .map_err(unavailable)?;
-        let _: Value = pipe
-            .pexpire(
-                &key,
-                (self.retention.session_ttl * 2).as_millis() as i64,
-                None,
-            )
-            .await
-            .map_err(unavailable)?;
+        let _: Value = pipe.zadd(&key, None, None, false, false, (expires as f64, pid)).await.map_err(unavailable)?;
+        let _: Value =
+            pipe.pexpire(&key, (self.retention.session_ttl * 2).as_millis() as i64, None).await.map_err(unavailable)?;
         let _: Vec<Value> = pipe.all().await.map_err(unavailable)?;
         Ok(())
     }
@@ -325,10 +304,7 @@ impl Store for RedisStore {
         ts: u64,
         dedupe: Option<&str>,
     ) -> Result<Cursor, StoreError> {
-        let mut keys = vec![
-            self.channel_key(channel, "m"),
-            self.channel_key(channel, "h"),
-        ];
+        let mut keys = vec![self.channel_key(channel, "m"), self.channel_key(channel, "h")];
         if let Some(key) = dedupe {
             keys.push(self.channel_key(channel, &format!("d:{key}")));
         }
@@ -344,22 +320,11 @@ impl Store for RedisStore {
             self.meta_ttl_ms().to_string(),
         ];
         let reply = self.eval(&self.append, keys, args).await?;
-        as_text(&reply)
-            .as_deref()
-            .and_then(parse_cursor)
-            .ok_or_else(|| malformed("append"))
+        as_text(&reply).as_deref().and_then(parse_cursor).ok_or_else(|| malformed("append"))
     }
 
-    async fn read(
-        &self,
-        channel: &ChannelName,
-        after: &Cursor,
-        limit: usize,
-    ) -> Result<History, StoreError> {
-        let keys = vec![
-            self.channel_key(channel, "m"),
-            self.channel_key(channel, "h"),
-        ];
+    async fn read(&self, channel: &ChannelName, after: &Cursor, limit: usize) -> Result<History, StoreError> {
+        let keys = vec![self.channel_key(channel, "m"), self.channel_key(channel, "h")];
         let args = vec![
             after.epoch.to_string(),
             after.offset.to_string(),
@@ -374,9 +339,7 @@ impl Store for RedisStore {
         let [epoch, _top, reason, resume, entries] = &parts[..] else {
             return Err(malformed("read"));
         };
-        let epoch = as_text(epoch)
-            .and_then(|e| Epoch::parse(&e).ok())
-            .ok_or_else(|| malformed("read epoch"))?;
+        let epoch = as_text(epoch).and_then(|e| Epoch::parse(&e).ok()).ok_or_else(|| malformed("read epoch"))?;
         let resume = resume.as_u64().ok_or_else(|| malformed("read cursor"))?;
         let gap = match as_text(reason).as_deref() {
             Some("epoch") => Some((Cursor::new(epoch.clone(), resume), GapReason::Epoch)),
@@ -391,16 +354,10 @@ impl Store for RedisStore {
             let Value::Array(entry) = entry else {
                 return Err(malformed("stream entry"));
             };
-            let (Some(id), Some(Value::Array(fields))) =
-                (entry.first().and_then(as_text), entry.get(1))
-            else {
+            let (Some(id), Some(Value::Array(fields))) = (entry.first().and_then(as_text), entry.get(1)) else {
                 return Err(malformed("stream entry"));
             };
-            let offset = id
-                .split('-')
-                .next()
-                .and_then(|o| o.parse().ok())
-                .ok_or_else(|| malformed("stream id"))?;
+            let offset = id.split('-').next().and_then(|o| o.parse().ok()).ok_or_else(|| malformed("stream id"))?;
             let mut ts = 0;
             let mut data = None;
             for pair in fields.chunks(2) {
@@ -410,63 +367,31 @@ impl Store for RedisStore {
                     _ => {}
                 }
             }
-            let data = data
-                .and_then(|d| RawValue::from_string(d).ok())
-                .ok_or_else(|| malformed("stream data"))?;
-            messages.push(Message::new(
-                channel.clone(),
-                epoch.clone(),
-                offset,
-                ts,
-                &data,
-            ));
+            let data = data.and_then(|d| RawValue::from_string(d).ok()).ok_or_else(|| malformed("stream data"))?;
+            messages.push(Message::new(channel.clone(), epoch.clone(), offset, ts, &data));
         }
         Ok(History { gap, messages })
     }
 
     async fn top(&self, channel: &ChannelName) -> Result<Cursor, StoreError> {
-        let keys = vec![
-            self.channel_key(channel, "m"),
-            self.channel_key(channel, "h"),
-        ];
-        let args = vec![
-            "".into(),
-            "0".into(),
-            "0".into(),
-            Epoch::random().to_string(),
-            self.meta_ttl_ms().to_string(),
-        ];
+        let keys = vec![self.channel_key(channel, "m"), self.channel_key(channel, "h")];
+        let args = vec!["".into(), "0".into(), "0".into(), Epoch::random().to_string(), self.meta_ttl_ms().to_string()];
         let reply = self.eval(&self.read, keys, args).await?;
         let Value::Array(parts) = reply else {
             return Err(malformed("top"));
         };
-        let epoch = parts
-            .first()
-            .and_then(as_text)
-            .and_then(|e| Epoch::parse(&e).ok())
-            .ok_or_else(|| malformed("top"))?;
-        let top = parts
-            .get(1)
-            .and_then(|t| t.as_u64())
-            .ok_or_else(|| malformed("top"))?;
+        let epoch =
+            parts.first().and_then(as_text).and_then(|e| Epoch::parse(&e).ok()).ok_or_else(|| malformed("top"))?;
+        let top = parts.get(1).and_then(|t| t.as_u64()).ok_or_else(|| malformed("top"))?;
         Ok(Cursor::new(epoch, top))
     }
 
-    async fn create_session(
-        &self,
-        id: &SessionId,
-        record: &SessionRecord,
-    ) -> Result<(), StoreError> {
+    async fn create_session(&self, id: &SessionId, record: &SessionRecord) -> Result<(), StoreError> {
         let key = self.session_key(id);
         let pipe = self.client.pipeline();
-        let _: Value = pipe
-            .hset(&key, ("pid", record.pid.as_str()))
-            .await
-            .map_err(unavailable)?;
-        let _: Value = pipe
-            .pexpire(&key, self.retention.session_ttl.as_millis() as i64, None)
-            .await
-            .map_err(unavailable)?;
+        let _: Value = pipe.hset(&key, ("pid", record.pid.as_str())).await.map_err(unavailable)?;
+        let _: Value =
+            pipe.pexpire(&key, self.retention.session_ttl.as_millis() as i64, None).await.map_err(unavailable)?;
         let _: Vec<Value> = pipe.all().await.map_err(unavailable)?;
         Ok(())
     }
@@ -475,44 +400,30 @@ impl Store for RedisStore {
         let key = self.session_key(id);
         let pipe = self.client.pipeline();
         let _: Value = pipe.hgetall(&key).await.map_err(unavailable)?;
-        let _: Value = pipe
-            .pexpire(&key, self.retention.session_ttl.as_millis() as i64, None)
-            .await
-            .map_err(unavailable)?;
-        let (fields, _): (BTreeMap<String, String>, Value) =
-            pipe.all().await.map_err(unavailable)?;
+        let _: Value =
+            pipe.pexpire(&key, self.retention.session_ttl.as_millis() as i64, None).await.map_err(unavailable)?;
+        let (fields, _): (BTreeMap<String, String>, Value) = pipe.all().await.map_err(unavailable)?;
         let Some(pid) = fields.get("pid") else {
             return Ok(None);
         };
         let subscriptions = fields
             .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    ChannelName::parse(k.strip_prefix("c:")?).ok()?,
-                    parse_cursor(v)?,
-                ))
-            })
+            .filter_map(|(k, v)| Some((ChannelName::parse(k.strip_prefix("c:")?).ok()?, parse_cursor(v)?)))
             .collect();
-        Ok(Some(SessionRecord {
-            pid: pid.clone(),
-            subscriptions,
-        }))
+        let presence_at = fields.get("pa").and_then(|t| t.parse().ok()).unwrap_or(0);
+        Ok(Some(SessionRecord { pid: pid.clone(), subscriptions, presence_at }))
     }
 
-    async fn touch_session(
-        &self,
-        id: &SessionId,
-        record: &SessionRecord,
-    ) -> Result<bool, StoreError> {
+    async fn touch_session(&self, id: &SessionId, record: &SessionRecord) -> Result<bool, StoreError> {
         let alive: bool = self
             .client
-            .pexpire(
-                self.session_key(id),
-                self.retention.session_ttl.as_millis() as i64,
-                None,
-            )
+            .pexpire(self.session_key(id), self.retention.session_ttl.as_millis() as i64, None)
             .await
             .map_err(unavailable)?;
+        if alive {
+            let _: Value =
+                self.client.hset(self.session_key(id), ("pa", super::now_ms())).await.map_err(unavailable)?;
+        }
         if alive {
             for channel in record.subscriptions.keys() {
                 self.mark_present(&record.pid, channel).await?;
@@ -546,22 +457,9 @@ impl Store for RedisStore {
         Ok(Some(in_force))
     }
 
-    async fn unsubscribe(
-        &self,
-        id: &SessionId,
-        pid: &str,
-        channel: &ChannelName,
-    ) -> Result<(), StoreError> {
-        let _: Value = self
-            .client
-            .hdel(self.session_key(id), format!("c:{channel}"))
-            .await
-            .map_err(unavailable)?;
-        let _: Value = self
-            .client
-            .zrem(self.channel_key(channel, "p"), pid)
-            .await
-            .map_err(unavailable)?;
+    async fn unsubscribe(&self, id: &SessionId, pid: &str, channel: &ChannelName) -> Result<(), StoreError> {
+        let _: Value = self.client.hdel(self.session_key(id), format!("c:{channel}")).await.map_err(unavailable)?;
+        let _: Value = self.client.zrem(self.channel_key(channel, "p"), pid).await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -569,14 +467,8 @@ impl Store for RedisStore {
         let key = self.channel_key(channel, "p");
         let now = super::now_ms() as f64;
         let pipe = self.client.pipeline();
-        let _: Value = pipe
-            .zremrangebyscore(&key, f64::NEG_INFINITY, now)
-            .await
-            .map_err(unavailable)?;
-        let _: Value = pipe
-            .zrangebyscore(&key, now, f64::INFINITY, false, None)
-            .await
-            .map_err(unavailable)?;
+        let _: Value = pipe.zremrangebyscore(&key, f64::NEG_INFINITY, now).await.map_err(unavailable)?;
+        let _: Value = pipe.zrangebyscore(&key, now, f64::INFINITY, false, None).await.map_err(unavailable)?;
         let (_, mut pids): (Value, Vec<String>) = pipe.all().await.map_err(unavailable)?;
         pids.sort();
         Ok(pids)
@@ -584,11 +476,8 @@ impl Store for RedisStore {
 
     async fn notify_session(&self, id: &SessionId) -> Result<(), StoreError> {
         let topic = self.topic_name(&Topic::Session(id.clone()));
-        let result: Result<Value, _> = if self.sharded {
-            self.client.spublish(topic, "1").await
-        } else {
-            self.client.publish(topic, "1").await
-        };
+        let result: Result<Value, _> =
+            if self.sharded { self.client.spublish(topic, "1").await } else { self.client.publish(topic, "1").await };
         result.map(|_| ()).map_err(unavailable)
     }
 }

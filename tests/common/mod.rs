@@ -12,18 +12,11 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
 }
 
 /// A running gateway process; killed when dropped.
@@ -37,29 +30,16 @@ impl Node {
     pub async fn start(args: &[&str]) -> Node {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_stickless"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--demo-ticker-ms",
-                "0",
-            ])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--demo-ticker-ms", "0"])
             .args(args)
             .env("STICKLESS_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("stickless binary runs");
-        let node = Node {
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            child,
-        };
+        let node = Node { url: format!("http://127.0.0.1:{port}"), port, child };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = http()
-                .get(format!("{}/v1/negotiate", node.url))
-                .send()
-                .await
-            {
+            if let Ok(r) = http().get(format!("{}/v1/negotiate", node.url)).send().await {
                 if r.status().is_success() {
                     return node;
                 }
@@ -97,15 +77,9 @@ pub struct Redis {
 impl Redis {
     pub async fn start(extra: &[&str]) -> Redis {
         let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("stickless-redis-{port}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("stickless-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis {
-            port,
-            dir,
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
+        let mut redis = Redis { port, dir, args: extra.iter().map(|s| s.to_string()).collect(), child: None };
         redis.spawn().await;
         redis
     }
@@ -116,14 +90,7 @@ impl Redis {
 
     async fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.args)
@@ -133,11 +100,7 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self
-                .cli(&["PING"])
-                .map(|o| o.contains("PONG"))
-                .unwrap_or(false)
-            {
+            if self.cli(&["PING"]).map(|o| o.contains("PONG")).unwrap_or(false) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -146,11 +109,7 @@ impl Redis {
     }
 
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .ok()?;
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().ok()?;
         Some(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -176,12 +135,7 @@ impl Drop for Redis {
 }
 
 pub async fn publish(url: &str, channel: &str, data: Value) -> reqwest::Response {
-    http()
-        .post(format!("{url}/v1/publish"))
-        .json(&json!({ "channel": channel, "data": data }))
-        .send()
-        .await
-        .unwrap()
+    http().post(format!("{url}/v1/publish")).json(&json!({ "channel": channel, "data": data })).send().await.unwrap()
 }
 
 pub async fn publish_ok(url: &str, channel: &str, data: Value) -> Value {
@@ -217,12 +171,7 @@ impl Received {
 
     pub fn assert_exactly(&self, from: u64, to: u64) {
         let expected: Vec<u64> = (from..=to).collect();
-        assert_eq!(
-            self.offsets.len(),
-            expected.len(),
-            "count (gaps: {:?})",
-            self.gaps
-        );
+        assert_eq!(self.offsets.len(), expected.len(), "count (gaps: {:?})", self.gaps);
         assert_eq!(self.offsets, expected, "every offset once, in order");
     }
 }
@@ -236,14 +185,8 @@ pub struct Poller {
 
 impl Poller {
     pub async fn open(url: &str, channels: &str) -> Poller {
-        let body: Value = http()
-            .get(format!("{url}/v1/poll?channels={channels}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value =
+            http().get(format!("{url}/v1/poll?channels={channels}")).send().await.unwrap().json().await.unwrap();
         assert_eq!(body["frames"][0]["type"], "welcome");
         Poller {
             session: body["session"].as_str().unwrap().into(),
@@ -268,12 +211,7 @@ impl Poller {
     }
 
     pub async fn send(&self, url: &str, frames: Value) -> Value {
-        let r = http()
-            .post(format!("{url}/v1/send?session={}", self.session))
-            .json(&frames)
-            .send()
-            .await
-            .unwrap();
+        let r = http().post(format!("{url}/v1/send?session={}", self.session)).json(&frames).send().await.unwrap();
         assert_eq!(r.status(), 200);
         r.json().await.unwrap()
     }
@@ -297,12 +235,8 @@ impl Sse {
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], "text/event-stream");
         assert_eq!(r.headers()["x-accel-buffering"], "no");
-        let mut sse = Sse {
-            body: Box::pin(r.bytes_stream()),
-            buf: Vec::new(),
-            last_event_id: None,
-            node: String::new(),
-        };
+        let mut sse =
+            Sse { body: Box::pin(r.bytes_stream()), buf: Vec::new(), last_event_id: None, node: String::new() };
         let welcome = sse.next().await.expect("welcome");
         assert_eq!(welcome["type"], "welcome");
         sse.node = welcome["node"].as_str().unwrap().into();
@@ -336,8 +270,7 @@ impl Sse {
     }
 }
 
-pub type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client.
 pub struct Ws {
@@ -347,13 +280,8 @@ pub struct Ws {
 
 impl Ws {
     pub async fn connect(ws_url: &str, query: &str) -> Ws {
-        let (stream, _) = tokio_tungstenite::connect_async(format!("{ws_url}/v1/ws?{query}"))
-            .await
-            .unwrap();
-        let mut ws = Ws {
-            stream,
-            session: String::new(),
-        };
+        let (stream, _) = tokio_tungstenite::connect_async(format!("{ws_url}/v1/ws?{query}")).await.unwrap();
+        let mut ws = Ws { stream, session: String::new() };
         let welcome = ws.next().await.expect("welcome");
         assert_eq!(welcome["type"], "welcome");
         ws.session = welcome["session"].as_str().unwrap().into();
@@ -361,10 +289,7 @@ impl Ws {
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.stream
-            .send(WsMessage::text(frame.to_string()))
-            .await
-            .unwrap();
+        self.stream.send(WsMessage::text(frame.to_string())).await.unwrap();
     }
 
     /// The next non-heartbeat frame; `None` on close or 20 s of silence.
@@ -377,11 +302,61 @@ impl Ws {
                         return Some(v);
                     }
                 }
-                Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) | Err(_) | Ok(Some(Err(_))) => {
-                    return None
-                }
+                Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) | Err(_) | Ok(Some(Err(_))) => return None,
                 Ok(Some(Ok(_))) => {}
             }
         }
+    }
+}
+
+/// A free port whose cluster-bus port (port + 10000) is free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A real 3-master Redis Cluster: three `redis-server --cluster-enabled yes` joined by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_cluster_port();
+            let dir = std::env::temp_dir().join(format!("stickless-cluster-{port}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--appendonly", "no"];
+            let mut redis = Redis { port, dir, args: args.iter().map(|s| s.to_string()).collect(), child: None };
+            redis.spawn().await;
+            nodes.push(redis);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))) {
+                return RedisCluster { nodes };
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the cluster did not reach cluster_state:ok");
+    }
+
+    pub fn url(&self) -> String {
+        let first = self.nodes[0].port;
+        let rest: Vec<String> = self.nodes[1..].iter().map(|n| format!("node=127.0.0.1:{}", n.port)).collect();
+        format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
     }
 }

@@ -29,12 +29,7 @@ impl Rejection {
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let body = self.body();
-        (
-            self.kind.status(),
-            [(header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response()
+        (self.kind.status(), [(header::CONTENT_TYPE, "application/json")], body).into_response()
     }
 }
 
@@ -51,38 +46,22 @@ pub(crate) mod rejections {
     }
 
     pub fn over_capacity() -> Rejection {
-        Rejection::new(
-            Fault::Unavailable,
-            "over_capacity",
-            "this node's connection limit is reached; retry later",
-        )
+        Rejection::new(Fault::Unavailable, "over_capacity", "this node's connection limit is reached; retry later")
     }
 
     pub fn bad_query(err: impl std::fmt::Display) -> Rejection {
-        Rejection::new(
-            Fault::BadRequest,
-            "invalid_frame",
-            format!("bad query string: {err}"),
-        )
+        Rejection::new(Fault::BadRequest, "invalid_frame", format!("bad query string: {err}"))
     }
 
     pub fn body(err: axum::extract::rejection::BytesRejection) -> Rejection {
         if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Rejection::new(
-                Fault::TooLarge,
-                "payload_too_large",
-                "the request body is over max_message_bytes",
-            )
+            Rejection::new(Fault::TooLarge, "payload_too_large", "the request body is over max_message_bytes")
         } else {
             Rejection::new(Fault::BadRequest, "invalid_frame", err.body_text())
         }
     }
 
     pub fn forbidden_origin() -> Rejection {
-        Rejection::new(
-            Fault::Forbidden,
-            "forbidden",
-            "this Origin may not open a WebSocket here",
-        )
+        Rejection::new(Fault::Forbidden, "forbidden", "this Origin may not open a WebSocket here")
     }
 }

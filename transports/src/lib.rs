@@ -135,10 +135,7 @@ impl<P: Clone> Clone for Shared<P> {
 impl<P> Shared<P> {
     /// Takes a slot for one live connection, held for as long as the connection is open.
     fn admit(&self) -> Result<OwnedSemaphorePermit, Rejection> {
-        self.connections
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| error::rejections::over_capacity())
+        self.connections.clone().try_acquire_owned().map_err(|_| error::rejections::over_capacity())
     }
 }
 
@@ -160,9 +157,7 @@ pub fn router<P: Port>(port: P, config: TransportConfig, lifecycle: Lifecycle) -
         shutdown: lifecycle.shutdown,
         tasks: lifecycle.tasks,
     };
-    let mut router = Router::new()
-        .route("/v1/negotiate", get(negotiate::<P>))
-        .route("/v1/send", post(send::send::<P>));
+    let mut router = Router::new().route("/v1/negotiate", get(negotiate::<P>)).route("/v1/send", post(send::send::<P>));
     for transport in Transport::ALL {
         let route = if shared.config.enabled.contains(&transport) {
             transport.route::<P>()
@@ -177,25 +172,14 @@ pub fn router<P: Port>(port: P, config: TransportConfig, lifecycle: Lifecycle) -
 async fn negotiate<P: Port>(State(shared): State<Shared<P>>) -> Response {
     let config = &shared.config;
     let mut body = shared.port.describe();
-    let transports: Vec<_> = config
-        .enabled
-        .iter()
-        .map(|t| serde_json::json!({ "name": t.name(), "path": t.path() }))
-        .collect();
+    let transports: Vec<_> =
+        config.enabled.iter().map(|t| serde_json::json!({ "name": t.name(), "path": t.path() })).collect();
     body.insert("version".into(), 1.into());
     body.insert("node".into(), shared.port.node().into());
     body.insert("transports".into(), transports.into());
-    body.insert(
-        "heartbeat_ms".into(),
-        (config.heartbeat.as_millis() as u64).into(),
-    );
-    body.insert(
-        "poll_timeout_ms".into(),
-        (config.poll_timeout.as_millis() as u64).into(),
-    );
-    let limits = body
-        .entry("limits")
-        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    body.insert("heartbeat_ms".into(), (config.heartbeat.as_millis() as u64).into());
+    body.insert("poll_timeout_ms".into(), (config.poll_timeout.as_millis() as u64).into());
+    let limits = body.entry("limits").or_insert_with(|| serde_json::Value::Object(Default::default()));
     if let Some(limits) = limits.as_object_mut() {
         limits.insert("max_message_bytes".into(), config.max_message_bytes.into());
         limits.insert("max_batch".into(), config.max_batch.into());
@@ -239,12 +223,7 @@ impl<S: Send + Sync> FromRequestParts<S> for AttachParams {
 
 pub(crate) fn json_response(body: impl Into<axum::body::Body>) -> Response {
     let mut response = body.into().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

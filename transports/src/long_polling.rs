@@ -10,19 +10,12 @@ use futures_util::{FutureExt, StreamExt};
 
 use crate::{json_response, AttachParams, Port, Shared, Transport};
 
-pub(crate) async fn poll<P: Port>(
-    State(shared): State<Shared<P>>,
-    AttachParams(query): AttachParams,
-) -> Response {
+pub(crate) async fn poll<P: Port>(State(shared): State<Shared<P>>, AttachParams(query): AttachParams) -> Response {
     let _permit = match shared.admit() {
         Ok(permit) => permit,
         Err(rejection) => return rejection.into_response(),
     };
-    let attached = match shared
-        .port
-        .attach(query.into_attach(Transport::LongPolling, true))
-        .await
-    {
+    let attached = match shared.port.attach(query.into_attach(Transport::LongPolling, true)).await {
         Ok(attached) => attached,
         Err(rejection) => return rejection.into_response(),
     };
@@ -51,17 +44,11 @@ pub(crate) async fn poll<P: Port>(
             next = feed.next().now_or_never().flatten();
         }
     }
-    json_response(encode(
-        shared.port.node(),
-        &attached.session,
-        &position,
-        &frames,
-    ))
+    json_response(encode(shared.port.node(), &attached.session, &position, &frames))
 }
 
 fn encode(node: &str, session: &str, position: &str, frames: &[Bytes]) -> Bytes {
-    let head =
-        serde_json::json!({ "node": node, "session": session, "position": position }).to_string();
+    let head = serde_json::json!({ "node": node, "session": session, "position": position }).to_string();
     let size = head.len() + frames.iter().map(|f| f.len() + 1).sum::<usize>() + 16;
     let mut out = BytesMut::with_capacity(size);
     out.put_slice(&head.as_bytes()[..head.len() - 1]);
@@ -82,10 +69,7 @@ mod tests {
 
     #[test]
     fn splices_frames_into_valid_json() {
-        let frames = [
-            Bytes::from_static(br#"{"type":"heartbeat"}"#),
-            Bytes::from_static(br#"{"a":1}"#),
-        ];
+        let frames = [Bytes::from_static(br#"{"type":"heartbeat"}"#), Bytes::from_static(br#"{"a":1}"#)];
         let body = encode("n1", "s", "c@e@1", &frames);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["frames"].as_array().unwrap().len(), 2);

@@ -67,11 +67,7 @@ pub enum Fault {
 
 impl Rejection {
     pub fn new(kind: Fault, code: &'static str, message: impl Into<String>) -> Self {
-        Rejection {
-            kind,
-            code,
-            message: message.into(),
-        }
+        Rejection { kind, code, message: message.into() }
     }
 }
 
@@ -87,18 +83,11 @@ pub trait Port: Clone + Send + Sync + 'static {
     fn describe(&self) -> serde_json::Map<String, serde_json::Value>;
 
     /// Attaches a connection to a session (creating one when none is named).
-    fn attach(
-        &self,
-        request: Attach,
-    ) -> impl Future<Output = Result<Attached<Self::Feed>, Rejection>> + Send;
+    fn attach(&self, request: Attach) -> impl Future<Output = Result<Attached<Self::Feed>, Rejection>> + Send;
 
     /// Applies one upstream frame from an attached connection; answers with its `ack` or `error` frame.
     fn upstream(&self, session: &str, frame: &[u8]) -> impl Future<Output = Bytes> + Send;
 
     /// Applies a `POST /v1/send` body (one frame or an array); answers with the JSON array of replies.
-    fn send(
-        &self,
-        session: &str,
-        body: &[u8],
-    ) -> impl Future<Output = Result<Bytes, Rejection>> + Send;
+    fn send(&self, session: &str, body: &[u8]) -> impl Future<Output = Result<Bytes, Rejection>> + Send;
 }

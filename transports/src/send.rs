@@ -21,12 +21,8 @@ pub(crate) async fn send<P: Port>(
         return too_large().into_response();
     }
     let Some(session) = query.session.filter(|s| !s.is_empty()) else {
-        return Rejection::new(
-            Fault::BadRequest,
-            "invalid_frame",
-            "`session` query parameter is required",
-        )
-        .into_response();
+        return Rejection::new(Fault::BadRequest, "invalid_frame", "`session` query parameter is required")
+            .into_response();
     };
     match shared.port.send(&session, &body).await {
         Ok(replies) => json_response(replies),
@@ -35,9 +31,5 @@ pub(crate) async fn send<P: Port>(
 }
 
 fn too_large() -> Rejection {
-    Rejection::new(
-        Fault::TooLarge,
-        "payload_too_large",
-        "the request body is over max_message_bytes",
-    )
+    Rejection::new(Fault::TooLarge, "payload_too_large", "the request body is over max_message_bytes")
 }

@@ -22,10 +22,8 @@ pub(crate) async fn attach<P: Port>(
         Err(rejection) => return rejection.into_response(),
     };
     // The query wins over Last-Event-ID: a client that re-creates its EventSource knows better.
-    if let Some((session, position)) = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(';'))
+    if let Some((session, position)) =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.split_once(';'))
     {
         if query.session.is_none() {
             query.session = Some(session.to_owned());
@@ -34,11 +32,7 @@ pub(crate) async fn attach<P: Port>(
             query.position = Some(position.to_owned());
         }
     }
-    let attached = match shared
-        .port
-        .attach(query.into_attach(Transport::Sse, true))
-        .await
-    {
+    let attached = match shared.port.attach(query.into_attach(Transport::Sse, true)).await {
         Ok(attached) => attached,
         Err(rejection) => return rejection.into_response(),
     };
@@ -48,10 +42,7 @@ pub(crate) async fn attach<P: Port>(
     let session = attached.session;
     let mut feed = attached.feed;
     // The welcome carries an id too, so a reconnect before the first message still resumes this session.
-    let welcome = event(
-        Some(&format!("{session};{}", attached.position)),
-        &attached.welcome,
-    );
+    let welcome = event(Some(&format!("{session};{}", attached.position)), &attached.welcome);
     let body = async_stream::stream! {
         let _permit = permit;
         yield Ok::<Bytes, std::convert::Infallible>(padding);
@@ -74,10 +65,7 @@ pub(crate) async fn attach<P: Port>(
     };
     let mut response = (StatusCode::OK, Body::from_stream(body)).into_response();
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response

@@ -36,11 +36,7 @@ pub(crate) async fn attach<P: Port>(
         Err(rejection) => return rejection.into_response(),
     };
     // A browser cannot read the body of a refused upgrade, so a session fault is told inside the socket.
-    let attached = match shared
-        .port
-        .attach(query.into_attach(Transport::WebSocket, false))
-        .await
-    {
+    let attached = match shared.port.attach(query.into_attach(Transport::WebSocket, false)).await {
         Ok(attached) => Ok(attached),
         Err(rejection) if rejection.kind == Fault::NotFound => Err(rejection),
         Err(rejection) => return rejection.into_response(),
@@ -70,12 +66,7 @@ async fn run<P: Port>(
     attached: Attached<P::Feed>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let Attached {
-        session,
-        welcome,
-        mut feed,
-        ..
-    } = attached;
+    let Attached { session, welcome, mut feed, .. } = attached;
     if socket.send(text(welcome)).await.is_err() {
         return;
     }
@@ -109,47 +100,29 @@ async fn run<P: Port>(
         }
     };
     if let Some((code, reason)) = closing {
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
+        let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
     }
 }
 
 /// Tells the client why its session cannot be served, then closes with 1008.
 async fn refuse(mut socket: WebSocket, rejection: Rejection) {
-    let _ = socket
-        .send(text(error_frame(rejection.code, &rejection.message)))
-        .await;
+    let _ = socket.send(text(error_frame(rejection.code, &rejection.message))).await;
     let reason: Utf8Bytes = rejection.code.into();
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: close::POLICY,
-            reason,
-        })))
-        .await;
+    let _ = socket.send(Message::Close(Some(CloseFrame { code: close::POLICY, reason }))).await;
 }
 
 /// Maps a read error to the close code the client should see.
 fn close_for(err: axum::Error) -> Option<(u16, &'static str)> {
     match err.into_inner().downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => {
-            Some((close::TOO_BIG, "message over max_message_bytes"))
-        }
-        Some(tungstenite::Error::Utf8(_)) => {
-            Some((close::INVALID_DATA, "text message is not valid UTF-8"))
-        }
+        Some(tungstenite::Error::Capacity(_)) => Some((close::TOO_BIG, "message over max_message_bytes")),
+        Some(tungstenite::Error::Utf8(_)) => Some((close::INVALID_DATA, "text message is not valid UTF-8")),
         Some(tungstenite::Error::Protocol(_)) => Some((close::POLICY, "protocol violation")),
         _ => None,
     }
 }
 
 fn error_frame(code: &str, message: &str) -> Bytes {
-    serde_json::json!({ "type": "error", "id": null, "code": code, "message": message })
-        .to_string()
-        .into()
+    serde_json::json!({ "type": "error", "id": null, "code": code, "message": message }).to_string().into()
 }
 
 fn text(frame: Bytes) -> Message {
@@ -167,9 +140,7 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
         return true;
     }
     match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        Some(origin) => allowed
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
+        Some(origin) => allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
         // Non-browser clients send no Origin; the check exists to stop other sites' pages.
         None => true,
     }
