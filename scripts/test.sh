@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs the whole stickless test suite on a fresh Debian machine: installs what it needs (redis-server, nginx,
+# chromium, node packages), builds once, then runs the Rust tests, the Node client tests and the browser tests,
+# and prints one summary line.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# --- system packages -----------------------------------------------------------------------------------------
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v nginx >/dev/null || missing+=(nginx)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q || exit 1
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" || exit 1
+fi
+# Debian's nginx package starts a system nginx on :80; the tests run their own on free ports, so stop it.
+if pgrep -x nginx >/dev/null && [ -f /run/nginx.pid ]; then nginx -s quit 2>/dev/null || true; fi
+
+# --- node packages (the client itself has none; tests use ws, eventsource and playwright-core) ---------------
+log "npm ci"
+npm ci --no-audit --no-fund --loglevel=error || exit 1
+
+# --- build once, test ---------------------------------------------------------------------------------------
+log "cargo build"
+cargo build --workspace --all-targets || exit 1
+export STICKLESS_BIN="$PWD/target/debug/stickless"
+
+results=$(mktemp)
+log "cargo test"
+cargo test --workspace 2>&1 | tee -a "$results"
+rust=${PIPESTATUS[0]}
+
+log "node client tests (tests/js)"
+node --test tests/js/ 2>&1 | tee -a "$results"
+js=${PIPESTATUS[0]}
+
+log "browser tests (tests/browser, Debian chromium via playwright-core)"
+node --test --test-concurrency=1 tests/browser/ 2>&1 | tee -a "$results"
+browser=${PIPESTATUS[0]}
+
+# --- one summary over every runner ---------------------------------------------------------------------------
+passed=$(( $(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$results" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}') \
+         + $(grep -E '^# pass [0-9]+' "$results" | awk '{s+=$3} END {print s+0}') ))
+failed=$(( $(grep -oE '[0-9]+ failed;' "$results" | awk '{s+=$1} END {print s+0}') \
+         + $(grep -E '^# fail [0-9]+' "$results" | awk '{s+=$3} END {print s+0}') ))
+rm -f "$results"
+echo
+echo "rust: exit $rust, node client: exit $js, browser: exit $browser"
+echo "summary: $passed passed, $failed failed"
+[ "$rust" -eq 0 ] && [ "$js" -eq 0 ] && [ "$browser" -eq 0 ] && [ "$failed" -eq 0 ]
