@@ -227,9 +227,11 @@ impl Store for MemoryStore {
         let expires = Instant::now() + self.retention.session_ttl;
         let in_force = {
             let mut sessions = self.lock_sessions();
-            let Some((record, _)) = sessions.get_mut(id) else {
+            // An expired session the sweeper has not reached yet is gone all the same.
+            let Some((record, at)) = sessions.get_mut(id).filter(|(_, at)| *at > Instant::now()) else {
                 return Ok(None);
             };
+            *at = expires;
             if let Some(existing) = record.subscriptions.get(channel) {
                 existing.clone()
             } else if record.subscriptions.len() >= max {

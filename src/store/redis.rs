@@ -205,6 +205,17 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Subscribes and returns only once Redis has processed the subscription. fred resolves SUBSCRIBE when it
+    /// is written (its replies are out-of-band), so a PING on the same connection, answered in order after the
+    /// SUBSCRIBE, is what confirms it. SSUBSCRIBE already waits for its reply.
+    async fn subscribe_confirmed(&self, subscriber: &SubscriberClient, name: &str) -> Result<(), fred::error::Error> {
+        if self.sharded {
+            return subscriber.ssubscribe(name.to_owned()).await;
+        }
+        subscriber.subscribe(name.to_owned()).await?;
+        subscriber.ping::<Value>(None).await.map(|_| ())
+    }
+
     /// The live message a PUBLISH carried: `epoch offset ts\n<data>`.
     fn parse_live(channel: ChannelName, payload: &str) -> Option<Arc<Message>> {
         let (head, data) = payload.split_once('\n')?;
@@ -243,7 +254,7 @@ async fn listen(
             command = commands.recv() => match command {
                 Some(ListenCommand::Listen(topic, ready)) => {
                     let name = store.topic_name(&topic);
-                    let done = if store.sharded { subscriber.ssubscribe(name.clone()).await } else { subscriber.subscribe(name.clone()).await };
+                    let done = store.subscribe_confirmed(&subscriber, &name).await;
                     match done {
                         Ok(()) => { let _ = ready.send(true); }
                         Err(err) => {
@@ -287,7 +298,7 @@ async fn listen(
                     tracing::warn!(%err, "re-subscribe failed");
                 }
                 for (name, ready) in pending.drain(..) {
-                    let done = if store.sharded { subscriber.ssubscribe(name).await } else { subscriber.subscribe(name).await };
+                    let done = store.subscribe_confirmed(&subscriber, &name).await;
                     let _ = ready.send(done.is_ok());
                 }
                 store.hub.resync_all();
