@@ -300,3 +300,57 @@ async fn sessions_expire_everywhere_and_presence_spans_nodes() {
     }
     on_a.position.clear();
 }
+
+#[tokio::test]
+async fn through_sentinel_nodes_follow_a_failover_and_clients_resume_without_loss() {
+    let mut master = Redis::start(&[]).await;
+    let master_port = master.port.to_string();
+    let replica = Redis::start(&["--replicaof", "127.0.0.1", &master_port]).await;
+    let sentinel = Sentinel::start(master.port).await;
+    let nodes = nodes(&sentinel.url(), 2, &[]).await;
+    let urls = [nodes[0].url.clone(), nodes[1].url.clone()];
+    let mut poller = Poller::open(&urls[0], "s").await;
+    let mut acked = Vec::new();
+    for i in 0..50u64 {
+        acked.push(publish_ok(&urls[i as usize % 2], "s", json!(i)).await["offset"].as_u64().unwrap());
+    }
+    let mut got = Received::default();
+    for turn in 0..10 {
+        for f in poller.poll(&urls[turn % 2]).await {
+            got.take(&f);
+        }
+        if got.offsets.len() == 50 {
+            break;
+        }
+    }
+    got.assert_exactly(1, 50);
+    // Everything acknowledged so far is on the replica before the master dies.
+    assert!(master.cli(&["WAIT", "1", "5000"]).unwrap().trim() == "1");
+    master.stop();
+
+    // Publishes fail (503) until the sentinel has promoted the replica and the nodes have followed it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut i = 50u64;
+    while acked.len() < 100 {
+        assert!(std::time::Instant::now() < deadline, "no failover within 60 s");
+        let r = publish(&urls[i as usize % 2], "s", json!(i)).await;
+        match r.status().as_u16() {
+            200 => acked.push(r.json::<Value>().await.unwrap()["offset"].as_u64().unwrap()),
+            503 => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("publish answered {other}"),
+        }
+        i += 1;
+    }
+    assert_eq!(sentinel.master_port(), Some(replica.port), "the replica was promoted");
+    assert_eq!(acked, (1..=100).collect::<Vec<_>>(), "offsets continue in the same epoch after failover");
+    // The session was replicated too: the client goes on polling either node.
+    let mut turn = 0;
+    while got.offsets.len() < 100 {
+        turn += 1;
+        assert!(turn < 50, "stuck at {}", got.offsets.len());
+        for f in poller.poll(&urls[turn % 2]).await {
+            got.take(&f);
+        }
+    }
+    got.assert_exactly(1, 100);
+}

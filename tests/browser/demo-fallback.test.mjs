@@ -4,19 +4,17 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startGateway, waitFor } from "../js/harness.mjs";
-import { launchBrowser, demoOrigin, openDemo, waitConnected, text, tid, seqOnScreen } from "./support.mjs";
+import { launchBrowser, openDemo, waitConnected, assertSeqClean, text, tid, seqOnScreen } from "./support.mjs";
 
-let gw, origin, browser;
+let gw, browser;
 
 before(async () => {
   gw = await startGateway({ args: ["--node-id", "fb-n1", "--demo-ticker-ms", "100"] });
-  origin = await demoOrigin(gw.url);
   browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close();
-  await origin?.close();
   await gw?.stop();
 });
 
@@ -28,13 +26,11 @@ const fallbackShown = async (page) => {
 async function tickerKeepsFlowing(page, more = 15) {
   const start = (await seqOnScreen(page, "demo.ticker")).received;
   await waitFor(async () => (await seqOnScreen(page, "demo.ticker")).received >= start + more, 15000, `${more} more ticks on screen`, 100);
-  const s = await seqOnScreen(page, "demo.ticker");
-  assert.equal(s.gaps, 0, s.text);
-  assert.equal(s.duplicates, 0, s.text);
+  await assertSeqClean(page, { channels: ["demo.ticker"] });
 }
 
 test("blocking WebSocket in auto mode falls back and keeps receiving; drop resumes", async () => {
-  const { page, context, errors } = await openDemo(browser, origin.url);
+  const { page, context, errors } = await openDemo(browser, gw.url);
   try {
     await waitConnected(page, "websocket");
     await tickerKeepsFlowing(page, 10);
@@ -69,7 +65,7 @@ test("blocking WebSocket in auto mode falls back and keeps receiving; drop resum
 });
 
 test("a page opened on a restrictive network starts on a fallback transport", async () => {
-  const { page, context, errors } = await openDemo(browser, origin.url, { query: { block: "websocket" } });
+  const { page, context, errors } = await openDemo(browser, gw.url, { query: { block: "websocket" } });
   try {
     assert.equal(await page.locator(tid("block")).getAttribute("aria-pressed"), "true");
     await waitFor(() => fallbackShown(page), 20000, "auto mode on SSE or long-polling");

@@ -1,17 +1,13 @@
 // Browser-test helpers for the demo page (web/index.html): launching Debian's Chromium, opening the page on a
-// gateway, and reading what the page shows. Process management (gateways, redis, nginx) is tests/js/harness.mjs.
-//
-// The page is loaded from the gateway's own origin when the gateway serves web/ at `/`. If it does not, a small
-// Node server started here serves web/ and forwards /v1/* (HTTP and WebSocket upgrades) to the gateway, so the
-// page still talks to it same-origin, exactly as it would behind a proxy.
+// gateway (which serves web/ at `/`, so the page talks to it same-origin, directly or through nginx), starting
+// the two-node Redis cluster behind nginx, and reading what the page shows. Process management (gateways, redis,
+// nginx) is tests/js/harness.mjs.
 
 import { chromium } from "playwright-core";
-import http from "node:http";
-import net from "node:net";
-import { readFile } from "node:fs/promises";
+import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
-import { join, extname, normalize } from "node:path";
-import { REPO, waitFor } from "../js/harness.mjs";
+import { join } from "node:path";
+import { REPO, waitFor, sleep, startGateway, startRedis, startNginx } from "../js/harness.mjs";
 
 export const WEB = join(REPO, "web");
 export const SHOTS = join(REPO, "docs", "screenshots");
@@ -26,82 +22,34 @@ export async function launchBrowser() {
   });
 }
 
-const pageServers = new Set();
-process.on("exit", () => {
-  for (const s of pageServers) s.close();
-});
-
-const TYPES = { ".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml" };
-
-/** Serves web/ and forwards /v1/* to `target` (a base URL). Resolves with its base URL. */
-export function startPageServer(target) {
-  const t = new URL(target);
-  const server = http.createServer(async (req, res) => {
-    const path = new URL(req.url, "http://x").pathname;
-    if (path.startsWith("/v1/")) {
-      const headers = { ...req.headers, host: t.host };
-      const up = http.request({ host: t.hostname, port: t.port, method: req.method, path: req.url, headers }, (ur) => {
-        res.writeHead(ur.statusCode, ur.headers);
-        ur.pipe(res);
-      });
-      up.on("error", () => {
-        if (!res.headersSent) res.writeHead(502, { "content-type": "application/json" });
-        res.end('{"error":{"code":"bad_gateway","message":"test page server: upstream failed"}}');
-      });
-      res.on("close", () => up.destroy());
-      req.pipe(up);
-      return;
-    }
-    const rel = normalize(path === "/" ? "/index.html" : path).replace(/^(\.\.[/\\])+/, "");
-    try {
-      const body = await readFile(join(WEB, rel));
-      res.writeHead(200, { "content-type": TYPES[extname(rel)] || "application/octet-stream", "cache-control": "no-store" });
-      res.end(body);
-    } catch {
-      res.writeHead(404);
-      res.end();
-    }
-  });
-  server.on("upgrade", (req, socket, head) => {
-    const up = net.connect(Number(t.port), t.hostname, () => {
-      const lines = [`${req.method} ${req.url} HTTP/1.1`];
-      for (let i = 0; i < req.rawHeaders.length; i += 2) {
-        const name = req.rawHeaders[i];
-        lines.push(`${name}: ${name.toLowerCase() === "host" ? t.host : req.rawHeaders[i + 1]}`);
-      }
-      up.write(lines.join("\r\n") + "\r\n\r\n");
-      if (head && head.length) up.write(head);
-      socket.pipe(up).pipe(socket);
-    });
-    const end = () => {
-      socket.destroy();
-      up.destroy();
-    };
-    up.on("error", end);
-    socket.on("error", end);
-  });
-  pageServers.add(server);
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({ url: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((r) => server.close(r)) })));
-}
-
 /**
- * The base URL to load the demo from for a gateway (or proxy) at `url`: `url` itself when it serves the page,
- * otherwise a page server forwarding to it. Returns {url, servedBy: "gateway" | "page-server", close()}.
+ * Two gateway nodes, "n1" and "n2", sharing one redis-server behind nginx round-robin (nginx/round-robin.conf:
+ * no stickiness). n1 publishes the demo ticker every `tickerMs`; n2 runs none, so the cluster has one ticker.
+ * Nothing here is optional: if redis-server, nginx or a node does not come up, this throws (and stops whatever
+ * it had started), so the calling hook and its tests fail. Returns {url (nginx's), redis, n1, n2, nginx, stop()}.
  */
-export async function demoOrigin(url) {
+export async function startCluster({ tickerMs }) {
+  const started = [];
+  const stop = async () => {
+    for (const p of started.splice(0).reverse()) await p.stop();
+  };
   try {
-    const res = await fetch(`${url}/`);
-    const text = await res.text();
-    if (res.ok && text.includes("stickless") && text.includes("demo.js")) {
-      const js = await fetch(`${url}/stickless.js`);
-      await js.arrayBuffer();
-      if (js.ok) return { url, servedBy: "gateway", close: async () => {} };
-    }
-  } catch {
-    // fall through to the page server
+    const redis = await startRedis();
+    started.push(redis);
+    const n1 = await startGateway({ args: ["--node-id", "n1", "--redis-url", redis.url, "--demo-ticker-ms", String(tickerMs)] });
+    started.push(n1);
+    const n2 = await startGateway({ args: ["--node-id", "n2", "--redis-url", redis.url, "--demo-ticker-ms", "0"] });
+    started.push(n2);
+    const nginx = await startNginx({
+      template: "nginx/round-robin.conf",
+      vars: { UPSTREAMS: `server 127.0.0.1:${n1.port} max_fails=0; server 127.0.0.1:${n2.port} max_fails=0;` },
+    });
+    started.push(nginx);
+    return { url: nginx.url, redis, n1, n2, nginx, stop };
+  } catch (err) {
+    await stop();
+    throw err;
   }
-  const ps = await startPageServer(url);
-  return { url: ps.url, servedBy: "page-server", close: ps.close };
 }
 
 /** Opens the demo in a new context. `query` becomes the page's query string (transport, block, name, ...). */
@@ -159,6 +107,38 @@ export function counters(page) {
   return page.evaluate(() => window.__demo.counters());
 }
 
+/** Waits until the page's timeline says it has subscribed (a message published before that is rightly not delivered). */
+export function waitSubscribed(page, timeoutMs = 10000) {
+  return waitFor(() => page.evaluate(() => window.__demo.timeline.some((e) => e.text.startsWith("subscribed to"))), timeoutMs, "subscriptions");
+}
+
+/** Asserts the on-screen sequence check of each channel shows no gap and no duplicate; returns {channel: reading}. */
+export async function assertSeqClean(page, { channels = ["demo.ticker", "demo.chat"], where } = {}) {
+  const seen = {};
+  for (const ch of channels) {
+    const s = await seqOnScreen(page, ch);
+    const msg = where ? `${where}: ${s.text}` : s.text;
+    assert.equal(s.gaps, 0, msg);
+    assert.equal(s.duplicates, 0, msg);
+    seen[ch] = s;
+  }
+  return seen;
+}
+
+/**
+ * Waits until the page's cursor on `channel` reaches `last` (the offset of the last message published), lets the
+ * throttled render catch up, then asserts the screen shows every offset from the page's first one to `last`
+ * exactly once. Returns {first, seq} (seq: the on-screen reading).
+ */
+export async function assertShownOnce(page, channel, last, timeoutMs = 20000) {
+  await waitFor(async () => (await counters(page))[channel].offset === last, timeoutMs, `${channel} offset ${last} on the page`, 50);
+  await sleep(400);
+  const { first } = (await counters(page))[channel];
+  const { [channel]: seq } = await assertSeqClean(page, { channels: [channel] });
+  assert.equal(seq.received, last - first + 1, `every ${channel} offset from ${first} to ${last} shown once: ${seq.text}`);
+  return { first, seq };
+}
+
 /** Publishes `count` messages to `channel` every `everyMs`, in order; resolves with the acks. */
 export function publishStream(publishFn, channel, { count, everyMs = 20, data = (i) => ({ i }) }) {
   let stopped = false;
@@ -166,7 +146,7 @@ export function publishStream(publishFn, channel, { count, everyMs = 20, data = 
   const done = (async () => {
     for (let i = 0; i < count && !stopped; i++) {
       acks.push(await publishFn(channel, data(i)));
-      if (everyMs) await new Promise((r) => setTimeout(r, everyMs));
+      if (everyMs) await sleep(everyMs);
     }
     return acks;
   })();
@@ -176,11 +156,4 @@ export function publishStream(publishFn, channel, { count, everyMs = 20, data = 
 export function ensureShotsDir() {
   mkdirSync(SHOTS, { recursive: true });
   return SHOTS;
-}
-
-/** Does the gateway binary accept `flag`? (reads `--help`; a binary still being written may not have it yet) */
-export async function gatewayHasFlag(flag, bin = process.env.STICKLESS_BIN || join(REPO, "target", "debug", "stickless")) {
-  const { spawnSync } = await import("node:child_process");
-  const r = spawnSync(bin, ["--help"], { encoding: "utf8", timeout: 10000 });
-  return `${r.stdout || ""}${r.stderr || ""}`.includes(flag);
 }

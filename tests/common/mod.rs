@@ -360,3 +360,59 @@ impl RedisCluster {
         format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
     }
 }
+
+/// A Redis Sentinel watching one master as `mymaster`, with quick failover for tests.
+pub struct Sentinel {
+    pub port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Sentinel {
+    pub async fn start(master_port: u16) -> Sentinel {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("stickless-sentinel-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server").arg(&conf).arg("--sentinel").stdout(Stdio::null()).spawn().unwrap();
+        let sentinel = Sentinel { port, dir, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if sentinel.master_port().is_some() {
+                return sentinel;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("sentinel on {port} did not come up");
+    }
+
+    /// The port of the master the sentinel currently names.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "SENTINEL", "get-master-addr-by-name", "mymaster"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis-sentinel://127.0.0.1:{}?sentinelServiceName=mymaster", self.port)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
