@@ -67,7 +67,7 @@ impl State {
             channel.dirty = true;
             return false;
         }
-        if message.offset == cursor.offset + 1 {
+        if Some(message.offset) == cursor.offset.checked_add(1) {
             cursor.offset = message.offset;
             true
         } else {

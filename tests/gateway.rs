@@ -449,3 +449,20 @@ async fn idle_session_expires_after_its_ttl() {
     let r = http().get(format!("{}/v1/poll?session={}", node.url, poller.session)).send().await.unwrap();
     assert_eq!(error_code(r, 404).await, "session_unknown");
 }
+
+#[tokio::test]
+async fn eventsource_reconnecting_after_its_session_expired_resumes_in_a_new_session() {
+    let node = Node::start(&["--session-ttl", "1"]).await;
+    let mut sse = Sse::connect(&node.url, "channels=feed", None).await;
+    publish_ok(&node.url, "feed", json!(1)).await;
+    assert_eq!(sse.next().await.unwrap()["offset"], 1);
+    let last_id = sse.last_event_id.clone().unwrap();
+    drop(sse);
+    tokio::time::sleep(Duration::from_millis(2500)).await; // the session expires
+    publish_ok(&node.url, "feed", json!(2)).await;
+    // The browser's own reconnect: same URL, Last-Event-ID naming the dead session.
+    let mut sse = Sse::connect(&node.url, "channels=feed", Some(&last_id)).await;
+    let frame = sse.next().await.unwrap();
+    assert_eq!(frame["offset"], 2, "resumed from the position in Last-Event-ID: {frame}");
+    assert!(!sse.last_event_id.unwrap().starts_with(last_id.split(';').next().unwrap()), "a new session");
+}

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use crate::{AttachParams, Port, Shared, Transport};
+use crate::{AttachParams, Fault, Port, Shared, Transport};
 
 pub(crate) async fn attach<P: Port>(
     State(shared): State<Shared<P>>,
@@ -22,17 +22,27 @@ pub(crate) async fn attach<P: Port>(
         Err(rejection) => return rejection.into_response(),
     };
     // The query wins over Last-Event-ID: a client that re-creates its EventSource knows better.
+    let mut session_from_header = false;
     if let Some((session, position)) =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.split_once(';'))
     {
         if query.session.is_none() {
             query.session = Some(session.to_owned());
+            session_from_header = true;
         }
         if query.position.is_none() {
             query.position = Some(position.to_owned());
         }
     }
-    let attached = match shared.port.attach(query.into_attach(Transport::Sse, true)).await {
+    let mut attach = query.into_attach(Transport::Sse, true);
+    let mut attached = shared.port.attach(attach.clone()).await;
+    if session_from_header && matches!(&attached, Err(r) if r.kind == Fault::NotFound) {
+        // A browser's own reconnect after its session expired: a 404 would end the EventSource for good, so start
+        // a new session; its `channels` resume from the position in Last-Event-ID, or get a gap.
+        attach.session = None;
+        attached = shared.port.attach(attach).await;
+    }
+    let attached = match attached {
         Ok(attached) => attached,
         Err(rejection) => return rejection.into_response(),
     };
