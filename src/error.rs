@@ -28,7 +28,7 @@ pub enum CoreError {
     SessionUnknown,
     #[error("data is over max_message_bytes ({0})")]
     PayloadTooLarge(usize),
-    #[error("the store is unreachable, nothing was stored: {0}")]
+    #[error("the store did not answer, so this is not acknowledged (usually not stored); retry with the same id or idempotency_key: {0}")]
     StoreUnavailable(String),
 }
 

@@ -19,7 +19,7 @@ use crate::channel::{ChannelName, Cursor, Message};
 use crate::error::CoreError;
 use crate::frame;
 use crate::gateway::Core;
-use crate::hub::{Live, Topic};
+use crate::hub::{Listener, Live, Topic};
 use crate::position::Position;
 use crate::session::{SessionId, SessionRecord};
 use crate::store::Store;
@@ -55,6 +55,11 @@ impl State {
 
     fn next_dirty(&self) -> Option<(ChannelName, Cursor)> {
         self.channels.iter().find(|(_, c)| c.dirty).map(|(n, c)| (n.clone(), c.cursor.clone()))
+    }
+
+    /// Whether some channel's live subscription is not confirmed by the store yet.
+    fn unconfirmed(&self, live: &StreamMap<ChannelName, Listener>) -> bool {
+        live.iter().any(|(_, listener)| !listener.is_ready())
     }
 
     /// Takes a live message: `Some` when it is the next one to deliver.
@@ -103,12 +108,32 @@ pub fn open<S: Store>(
         let mut live = StreamMap::new();
         let mut state = State { channels: BTreeMap::new(), track };
         control.ready(READY_WAIT).await;
-        sync(&core, &mut state, &mut live, &record, &position).await;
+        // A change made before this feed listened (a subscribe sent right after `welcome`) was told to nobody,
+        // so start from the session as it is now, not as it was at attach.
         let mut record = record;
+        let mut reload = true;
+        let mut first = true;
         let mut touch = tokio::time::interval(core.config.session_ttl / 3);
         touch.tick().await;
         let mut failing = false;
         loop {
+            if reload {
+                match core.store.load_session(&id).await {
+                    Ok(Some(latest)) => {
+                        reload = false;
+                        record = latest;
+                    }
+                    Ok(None) => {
+                        yield state.outbound(frame::error(None, &CoreError::SessionUnknown));
+                        break;
+                    }
+                    // Serve what is known and try again on the retry timer.
+                    Err(_) => {}
+                }
+                let start = if first { &position } else { &Position::default() };
+                sync(&core, &mut state, &mut live, &record, start).await;
+                first = false;
+            }
             // Catch up every channel whose live delivery cannot be trusted, from history.
             while let Some((name, after)) = state.next_dirty() {
                 match core.store.read(&name, &after, core.config.max_batch).await {
@@ -160,17 +185,7 @@ pub fn open<S: Store>(
                             channel.dirty = true;
                         }
                     }
-                    match core.store.load_session(&id).await {
-                        Ok(Some(latest)) => {
-                            sync(&core, &mut state, &mut live, &latest, &Position::default()).await;
-                            record = latest;
-                        }
-                        Ok(None) => {
-                            yield state.outbound(frame::error(None, &CoreError::SessionUnknown));
-                            break;
-                        }
-                        Err(_) => {} // Told when a read fails; the next change or resync tries again.
-                    }
+                    reload = true;
                 },
                 _ = touch.tick() => {
                     // A store error here is told by the next failing read; only a gone session ends the feed.
@@ -179,7 +194,17 @@ pub fn open<S: Store>(
                         break;
                     }
                 },
-                _ = tokio::time::sleep(RETRY), if failing => {}
+                // Until the store confirms a live subscription, history is re-read on this timer instead.
+                _ = tokio::time::sleep(RETRY), if failing || reload || !control.is_ready() || state.unconfirmed(&live) => {
+                    reload |= !control.is_ready();
+                    for (name, listener) in live.iter() {
+                        if !listener.is_ready() {
+                            if let Some(channel) = state.channels.get_mut(name) {
+                                channel.dirty = true;
+                            }
+                        }
+                    }
+                }
             }
         }
     })
@@ -190,7 +215,7 @@ pub fn open<S: Store>(
 async fn sync<S: Store>(
     core: &Arc<Core<S>>,
     state: &mut State,
-    live: &mut StreamMap<ChannelName, crate::hub::Listener>,
+    live: &mut StreamMap<ChannelName, Listener>,
     record: &SessionRecord,
     position: &Position,
 ) {

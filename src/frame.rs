@@ -1,5 +1,7 @@
 //! Frames: parsing what clients send upstream and encoding what the server sends down (docs/PROTOCOL.md).
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -27,16 +29,6 @@ pub enum Command {
 }
 
 #[derive(Deserialize)]
-struct Raw {
-    #[serde(rename = "type")]
-    kind: String,
-    id: Option<serde_json::Value>,
-    channel: Option<String>,
-    since: Option<RawCursor>,
-    data: Option<Box<RawValue>>,
-}
-
-#[derive(Deserialize)]
 struct RawCursor {
     epoch: String,
     offset: u64,
@@ -49,46 +41,82 @@ pub fn parse(bytes: &[u8]) -> Result<Upstream, (Option<String>, CoreError)> {
     parse_value(&value)
 }
 
-/// Parses one frame that is already known to be JSON.
+/// Parses one frame that is already known to be JSON. Fields are read one by one, so a bad field still leaves
+/// the `id` to answer with, and `"data": null` is data like any other value.
 pub fn parse_value(value: &RawValue) -> Result<Upstream, (Option<String>, CoreError)> {
-    let raw: Raw = serde_json::from_str(value.get())
-        .map_err(|e| (None, CoreError::InvalidFrame(format!("a frame is an object with a string `type`: {e}"))))?;
-    let id = match raw.id {
-        Some(serde_json::Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_LEN => id,
-        _ => {
-            return Err((None, CoreError::InvalidFrame(format!("`id` must be a string of 1..{MAX_ID_LEN} chars"))));
-        }
+    let fields: HashMap<String, &RawValue> = serde_json::from_str(value.get())
+        .map_err(|_| (None, CoreError::InvalidFrame("a frame is a JSON object with a string `type`".into())))?;
+    let text = |name: &str| fields.get(name).and_then(|v| serde_json::from_str::<String>(v.get()).ok());
+    let id = match text("id") {
+        Some(id) if !id.is_empty() && id.len() <= MAX_ID_LEN => id,
+        _ => return Err((None, CoreError::InvalidFrame(format!("`id` must be a string of 1..{MAX_ID_LEN} chars")))),
     };
     let fail = |err| Err((Some(id.clone()), err));
-    let channel = match raw.kind.as_str() {
+    let Some(kind) = text("type") else { return fail(CoreError::InvalidFrame("`type` must be a string".into())) };
+    let channel = match kind.as_str() {
         "ping" => None,
-        "subscribe" | "unsubscribe" | "publish" | "presence" => match raw.channel.as_deref().map(ChannelName::parse) {
-            Some(Ok(channel)) => Some(channel),
-            Some(Err(err)) => return fail(err),
-            None => return fail(CoreError::InvalidFrame("`channel` is required".into())),
-        },
+        "subscribe" | "unsubscribe" | "publish" | "presence" => {
+            match text("channel").as_deref().map(ChannelName::parse) {
+                Some(Ok(channel)) => Some(channel),
+                Some(Err(err)) => return fail(err),
+                None => return fail(CoreError::InvalidFrame("`channel` must be a string".into())),
+            }
+        }
         other => return fail(CoreError::UnknownType(other.chars().take(64).collect())),
     };
-    let command = match (raw.kind.as_str(), channel) {
+    let command = match (kind.as_str(), channel) {
         ("subscribe", Some(channel)) => {
-            let since = match raw.since {
-                Some(c) => match Epoch::parse(&c.epoch) {
-                    Ok(epoch) => Some(Cursor::new(epoch, c.offset)),
-                    Err(err) => return fail(err),
-                },
+            let since = match fields.get("since").filter(|v| v.get() != "null") {
                 None => None,
+                Some(raw) => match serde_json::from_str::<RawCursor>(raw.get()) {
+                    Ok(c) => match Epoch::parse(&c.epoch) {
+                        Ok(epoch) => Some(Cursor::new(epoch, c.offset)),
+                        Err(err) => return fail(err),
+                    },
+                    Err(_) => return fail(CoreError::InvalidFrame("`since` is {epoch, offset}".into())),
+                },
             };
             Command::Subscribe { channel, since }
         }
         ("unsubscribe", Some(channel)) => Command::Unsubscribe { channel },
-        ("publish", Some(channel)) => match raw.data {
-            Some(data) => Command::Publish { channel, data },
+        ("publish", Some(channel)) => match fields.get("data") {
+            Some(data) => Command::Publish { channel, data: (*data).to_owned() },
             None => return fail(CoreError::InvalidFrame("`data` is required".into())),
         },
         ("presence", Some(channel)) => Command::Presence { channel },
         _ => Command::Ping,
     };
     Ok(Upstream { id, command })
+}
+
+/// `data` without the whitespace between its tokens. Strings and numbers stay byte for byte as sent (no
+/// re-serialization), and the result holds no line break, so every frame fits one SSE `data:` line.
+pub fn compact(data: &RawValue) -> std::borrow::Cow<'_, RawValue> {
+    let text = data.get();
+    if !text.bytes().any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+        return std::borrow::Cow::Borrowed(data);
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    // Removing insignificant whitespace from valid JSON leaves valid JSON.
+    match RawValue::from_string(out) {
+        Ok(compacted) => std::borrow::Cow::Owned(compacted),
+        Err(_) => std::borrow::Cow::Borrowed(data),
+    }
 }
 
 /// Encodes a downstream frame of any shape.
@@ -136,6 +164,16 @@ mod tests {
         let f = parse(br#"{"type":"subscribe","id":"c2","channel":"chat","since":{"epoch":"e1","offset":4}}"#).unwrap();
         assert!(matches!(f.command, Command::Subscribe { since: Some(Cursor { offset: 4, .. }), .. }));
         assert!(matches!(parse(br#"{"type":"ping","id":"p"}"#).unwrap().command, Command::Ping));
+        let f = parse(br#"{"type":"publish","id":"n","channel":"c","data":null}"#).unwrap();
+        assert!(matches!(f.command, Command::Publish { ref data, .. } if data.get() == "null"));
+    }
+
+    #[test]
+    fn compact_drops_whitespace_between_tokens_only() {
+        let raw = RawValue::from_string("{\n  \"a b\" : [1, 2.50e3,\t\"x\\\" y\"],\r\n \"n\": null }".into()).unwrap();
+        assert_eq!(compact(&raw).get(), r#"{"a b":[1,2.50e3,"x\" y"],"n":null}"#);
+        let tight = RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
+        assert!(matches!(compact(&tight), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]
@@ -148,5 +186,10 @@ mod tests {
         assert_eq!(code(br#"{"type":"publish","id":"x","channel":"a"}"#), "invalid_frame");
         let (id, _) = parse(br#"{"type":"teleport","id":"x9"}"#).unwrap_err();
         assert_eq!(id.as_deref(), Some("x9"));
+        let (id, err) =
+            parse(br#"{"type":"subscribe","id":"s7","channel":"c","since":{"epoch":"e","offset":-1}}"#).unwrap_err();
+        assert_eq!((id.as_deref(), err.code()), (Some("s7"), "invalid_frame"));
+        let (id, err) = parse(br#"{"type":"publish","id":"s8","channel":5,"data":1}"#).unwrap_err();
+        assert_eq!((id.as_deref(), err.code()), (Some("s8"), "invalid_frame"));
     }
 }

@@ -111,7 +111,7 @@ impl<S: Store> Gateway<S> {
         if data.get().len() > self.0.config.max_message_bytes {
             return Err(CoreError::PayloadTooLarge(self.0.config.max_message_bytes));
         }
-        Ok(self.0.store.append(channel, data, now_ms(), dedupe).await?)
+        Ok(self.0.store.append(channel, &frame::compact(data), now_ms(), dedupe).await?)
     }
 
     async fn load(&self, session: &str) -> Result<(SessionId, SessionRecord), CoreError> {
@@ -155,7 +155,7 @@ impl<S: Store> Gateway<S> {
                 continue;
             }
             let since = position.get(&channel).cloned();
-            let cursor = self.subscribe(&id, &record.pid, &channel, since).await?;
+            let cursor = self.subscribe(&id, &record, &channel, since).await?;
             record.subscriptions.insert(channel, cursor);
             changed = true;
         }
@@ -183,16 +183,20 @@ impl<S: Store> Gateway<S> {
     async fn subscribe(
         &self,
         id: &SessionId,
-        pid: &str,
+        record: &SessionRecord,
         channel: &ChannelName,
         since: Option<Cursor>,
     ) -> Result<Cursor, CoreError> {
+        let max = self.0.config.max_subscriptions;
+        // Refused before `top`, which creates the channel's log, so a client over its cap creates nothing.
+        if !record.subscriptions.contains_key(channel) && record.subscriptions.len() >= max {
+            return Err(CoreError::TooManySubscriptions(max));
+        }
         let start = match since {
             Some(cursor) => cursor,
             None => self.0.store.top(channel).await?,
         };
-        let max = self.0.config.max_subscriptions;
-        self.0.store.subscribe(id, pid, channel, &start, max).await?.ok_or(CoreError::SessionUnknown)
+        self.0.store.subscribe(id, &record.pid, channel, &start, max).await?.ok_or(CoreError::SessionUnknown)
     }
 
     /// Applies one upstream frame; answers with its `ack` or `error` frame.
@@ -211,7 +215,7 @@ impl<S: Store> Gateway<S> {
     ) -> Result<serde_json::Value, CoreError> {
         Ok(match &frame.command {
             Command::Subscribe { channel, since } => {
-                let cursor = self.subscribe(id, &record.pid, channel, since.clone()).await?;
+                let cursor = self.subscribe(id, record, channel, since.clone()).await?;
                 self.0.store.notify_session(id).await?;
                 serde_json::to_value(Stored { channel, cursor }).unwrap_or_default()
             }

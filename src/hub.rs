@@ -136,6 +136,11 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Whether the store delivers this topic live now.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// Waits until the store delivers this topic live (at most `limit`); `false` if it did not in time.
     pub async fn ready(&mut self, limit: Duration) -> bool {
         matches!(tokio::time::timeout(limit, self.ready.wait_for(|r| *r)).await, Ok(Ok(_)))

@@ -1,13 +1,14 @@
 //! Wiring: the transports' router, the backend API (`/v1/publish`, `/v1/presence`), the demo files, tower
 //! layers, and graceful shutdown.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, Method};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -28,19 +29,24 @@ struct Api<S> {
     gateway: Gateway<S>,
     api_key: Option<String>,
     max_body: usize,
+    /// The most messages in one batch publish.
+    max_batch: usize,
 }
 
 /// The whole application router for one node.
 pub fn router<S: Store>(gateway: Gateway<S>, config: &Config, lifecycle: Lifecycle) -> Router {
+    // A batch publish may carry several messages of max_message_bytes each.
+    let max_body = config.max_message_bytes.saturating_mul(config.max_frames_per_send.max(1));
     let api = Arc::new(Api {
         gateway: gateway.clone(),
         api_key: config.api_key.clone(),
-        // A batch publish may carry several messages of max_message_bytes each.
-        max_body: config.max_message_bytes.saturating_mul(config.max_frames_per_send.max(1)),
+        max_body,
+        max_batch: config.max_frames_per_send.max(1),
     });
     let backend = Router::new()
         .route("/v1/publish", post(publish::<S>))
         .route("/v1/presence", get(presence::<S>))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(api);
     let cors = CorsLayer::new().allow_origin(Any).allow_methods([Method::GET, Method::POST]).allow_headers([
         header::CONTENT_TYPE,
@@ -92,22 +98,33 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-#[derive(Deserialize)]
-struct PublishOne<'a> {
-    channel: String,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    idempotency_key: Option<String>,
+/// One message of a publish body: `{channel, data, idempotency_key?}`. Read field by field, so `"data": null`
+/// is data like any other value.
+fn publish_item<'a>(
+    fields: &HashMap<String, &'a RawValue>,
+) -> Result<(String, &'a RawValue, Option<String>), CoreError> {
+    let text = |name: &str| fields.get(name).and_then(|v| serde_json::from_str::<Option<String>>(v.get()).ok());
+    let channel =
+        text("channel").flatten().ok_or_else(|| CoreError::InvalidFrame("`channel` must be a string".into()))?;
+    let data = fields.get("data").copied().ok_or_else(|| CoreError::InvalidFrame("`data` is required".into()))?;
+    let key = match text("idempotency_key") {
+        Some(key) => key,
+        None if fields.contains_key("idempotency_key") => {
+            return Err(CoreError::InvalidFrame("`idempotency_key` must be a string".into()));
+        }
+        None => None,
+    };
+    Ok((channel, data, key))
 }
 
-#[derive(Deserialize)]
-struct PublishBody<'a> {
-    channel: Option<String>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    idempotency_key: Option<String>,
-    #[serde(borrow)]
-    messages: Option<Vec<PublishOne<'a>>>,
+fn object(text: &str) -> Result<HashMap<String, &RawValue>, CoreError> {
+    serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            CoreError::MalformedJson(e.to_string())
+        } else {
+            CoreError::InvalidFrame("expected {channel, data} or {messages: [...]}".into())
+        }
+    })
 }
 
 async fn publish<S: Store>(
@@ -117,31 +134,32 @@ async fn publish<S: Store>(
 ) -> Response {
     let result = async {
         api.authorize(&headers)?;
-        let body = body.map_err(|_| CoreError::InvalidFrame("could not read the body".into()))?;
-        if body.len() > api.max_body {
-            return Err(CoreError::PayloadTooLarge(api.max_body));
-        }
-        let parsed: PublishBody = serde_json::from_slice(&body).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                CoreError::MalformedJson(e.to_string())
-            } else {
-                CoreError::InvalidFrame(e.to_string())
-            }
+        let body = body.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => CoreError::PayloadTooLarge(api.max_body),
+            _ => CoreError::InvalidFrame("could not read the body".into()),
         })?;
-        if let Some(messages) = parsed.messages {
-            let mut results = Vec::with_capacity(messages.len());
-            for m in messages {
-                results.push(match api.gateway.publish(&m.channel, m.data, m.idempotency_key.as_deref()).await {
-                    Ok(stored) => stored,
-                    Err(err) => serde_json::json!({ "error": { "code": err.code(), "message": err.to_string() } }),
-                });
-            }
-            return Ok(serde_json::json!({ "results": results }));
-        }
-        let (Some(channel), Some(data)) = (parsed.channel, parsed.data) else {
-            return Err(CoreError::InvalidFrame("expected {channel, data} or {messages: [...]}".into()));
+        let text = std::str::from_utf8(&body).map_err(|e| CoreError::MalformedJson(e.to_string()))?;
+        let fields = object(text)?;
+        let Some(messages) = fields.get("messages") else {
+            let (channel, data, key) = publish_item(&fields)?;
+            return api.gateway.publish(&channel, data, key.as_deref()).await;
         };
-        api.gateway.publish(&channel, data, parsed.idempotency_key.as_deref()).await
+        let messages: Vec<HashMap<String, &RawValue>> = serde_json::from_str(messages.get())
+            .map_err(|_| CoreError::InvalidFrame("`messages` is an array of {channel, data}".into()))?;
+        if messages.len() > api.max_batch {
+            return Err(CoreError::TooManyFrames(api.max_batch));
+        }
+        let mut results = Vec::with_capacity(messages.len());
+        for fields in &messages {
+            let stored = match publish_item(fields) {
+                Ok((channel, data, key)) => api.gateway.publish(&channel, data, key.as_deref()).await,
+                Err(err) => Err(err),
+            };
+            results.push(stored.unwrap_or_else(
+                |err| serde_json::json!({ "error": { "code": err.code(), "message": err.to_string() } }),
+            ));
+        }
+        Ok(serde_json::json!({ "results": results }))
     }
     .await;
     answer(result)

@@ -466,3 +466,44 @@ async fn eventsource_reconnecting_after_its_session_expired_resumes_in_a_new_ses
     assert_eq!(frame["offset"], 2, "resumed from the position in Last-Event-ID: {frame}");
     assert!(!sse.last_event_id.unwrap().starts_with(last_id.split(';').next().unwrap()), "a new session");
 }
+
+#[tokio::test]
+async fn pretty_printed_data_reaches_sse_clients_intact() {
+    let node = Node::start(&[]).await;
+    let mut sse = Sse::connect(&node.url, "channels=pretty", None).await;
+    let body = "{\"channel\": \"pretty\",\n  \"data\": {\n    \"text\": \"two\\nlines\",\n    \"n\": 1.50\n  }\n}";
+    let r = http().post(format!("{}/v1/publish", node.url)).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let frame = sse.next().await.unwrap();
+    assert_eq!(frame["data"], json!({"text": "two\nlines", "n": 1.5}));
+    assert!(sse.last_event_id.unwrap().ends_with("@1"));
+}
+
+#[tokio::test]
+async fn subscribe_sent_right_after_welcome_is_delivered_on_that_socket() {
+    let node = Node::start(&[]).await;
+    for round in 0..20 {
+        let channel = format!("race{round}");
+        let mut ws = Ws::connect(&node.ws_url(), "").await;
+        // No `channels=` at attach: the subscription arrives as the very first frame.
+        ws.send(json!({"type": "subscribe", "id": "s", "channel": channel})).await;
+        assert_eq!(ws.next().await.unwrap()["type"], "ack");
+        publish_ok(&node.url, &channel, json!(round)).await;
+        let frame = ws.next().await.expect("the message on the socket that subscribed");
+        assert_eq!(frame["data"], json!(round), "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn backend_publish_limits_and_null_data() {
+    let node = Node::start(&["--max-message-bytes", "1024", "--max-frames-per-send", "3"]).await;
+    let c = http();
+    let null = c.post(format!("{}/v1/publish", node.url)).body(r#"{"channel":"n","data":null}"#).send().await.unwrap();
+    assert_eq!(null.status(), 200, "null is a value");
+    let four: Vec<Value> = (0..4).map(|i| json!({"channel": "n", "data": i})).collect();
+    let r = c.post(format!("{}/v1/publish", node.url)).json(&json!({ "messages": four })).send().await.unwrap();
+    assert_eq!(error_code(r, 400).await, "too_many_frames");
+    let huge = format!(r#"{{"channel":"n","data":"{}"}}"#, "x".repeat(5000));
+    let r = c.post(format!("{}/v1/publish", node.url)).body(huge).send().await.unwrap();
+    assert_eq!(error_code(r, 413).await, "payload_too_large");
+}

@@ -354,3 +354,22 @@ async fn through_sentinel_nodes_follow_a_failover_and_clients_resume_without_los
     }
     got.assert_exactly(1, 100);
 }
+
+#[tokio::test]
+async fn a_websocket_whose_session_is_gone_gets_session_unknown_then_close_1008() {
+    let redis = Redis::start(&[]).await;
+    let nodes = nodes(&redis.url(), 1, &["--session-ttl", "3"]).await;
+    let mut ws = Ws::connect(&nodes[0].ws_url(), "channels=a").await;
+    // The session vanishes from the store (as after an expiry or a flush); the next refresh finds out.
+    redis.cli(&["DEL", &format!("sl:s:{{{}}}", ws.session)]);
+    let frame = ws.next().await.expect("an error frame first");
+    assert_eq!(frame["code"], "session_unknown");
+    let close = loop {
+        match futures_util::StreamExt::next(&mut ws.stream).await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1008));
+}

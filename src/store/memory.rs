@@ -255,6 +255,10 @@ impl Store for MemoryStore {
 
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<String>, StoreError> {
         let now = Instant::now();
+        // Read-only: asking about a channel nobody uses must not create it.
+        if !self.channels.read().unwrap_or_else(|e| e.into_inner()).contains_key(channel) {
+            return Ok(Vec::new());
+        }
         Ok(self.with_log(channel, |log| {
             let mut pids: Vec<_> = log.presence.iter().filter(|(_, e)| **e > now).map(|(p, _)| p.clone()).collect();
             pids.sort();

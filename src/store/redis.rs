@@ -87,7 +87,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing then return existing end
-if redis.call('HLEN', KEYS[1]) - 1 >= tonumber(ARGV[3]) then return '!max' end
+local n = redis.call('HLEN', KEYS[1]) - 1
+if redis.call('HEXISTS', KEYS[1], 'pa') == 1 then n = n - 1 end
+if n >= tonumber(ARGV[3]) then return '!max' end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return ARGV[2]
 "#;
@@ -205,14 +207,24 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Subscribes and returns only once Redis has processed the subscription. fred resolves SUBSCRIBE when it
+    /// Subscribes and returns only once Redis has processed the subscriptions. fred resolves SUBSCRIBE when it
     /// is written (its replies are out-of-band), so a PING on the same connection, answered in order after the
-    /// SUBSCRIBE, is what confirms it. SSUBSCRIBE already waits for its reply.
-    async fn subscribe_confirmed(&self, subscriber: &SubscriberClient, name: &str) -> Result<(), fred::error::Error> {
-        if self.sharded {
-            return subscriber.ssubscribe(name.to_owned()).await;
+    /// SUBSCRIBE, is what confirms it. SSUBSCRIBE already waits for its reply, one slot at a time.
+    async fn subscribe_confirmed(
+        &self,
+        subscriber: &SubscriberClient,
+        names: &[String],
+    ) -> Result<(), fred::error::Error> {
+        if names.is_empty() {
+            return Ok(());
         }
-        subscriber.subscribe(name.to_owned()).await?;
+        if self.sharded {
+            for name in names {
+                subscriber.ssubscribe(name.clone()).await?;
+            }
+            return Ok(());
+        }
+        subscriber.subscribe(names.to_vec()).await?;
         subscriber.ping::<Value>(None).await.map(|_| ())
     }
 
@@ -247,19 +259,19 @@ async fn listen(
 ) {
     let mut messages = subscriber.message_rx();
     let mut reconnects = subscriber.reconnect_rx();
-    let mut pending: Vec<(String, tokio::sync::watch::Sender<bool>)> = Vec::new();
+    // Topics whose subscription failed: retried every second and after a reconnect.
+    let mut pending: Vec<(Topic, tokio::sync::watch::Sender<bool>)> = Vec::new();
     loop {
         let Some(store) = store.upgrade() else { break };
         tokio::select! {
             command = commands.recv() => match command {
                 Some(ListenCommand::Listen(topic, ready)) => {
                     let name = store.topic_name(&topic);
-                    let done = store.subscribe_confirmed(&subscriber, &name).await;
-                    match done {
+                    match store.subscribe_confirmed(&subscriber, std::slice::from_ref(&name)).await {
                         Ok(()) => { let _ = ready.send(true); }
                         Err(err) => {
-                            tracing::warn!(%err, topic = %name, "could not subscribe; retrying after reconnect");
-                            pending.push((name, ready));
+                            tracing::warn!(%err, topic = %name, "could not subscribe; retrying");
+                            pending.push((topic, ready));
                         }
                     }
                 }
@@ -290,18 +302,33 @@ async fn listen(
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
             server = reconnects.recv() => {
-                if server.is_err() && matches!(server, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                if matches!(server, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
                     break;
                 }
+                // Pub/sub dropped whatever was published while the connection was down. Subscribe exactly the
+                // hub's topics again (confirmed), then every feed re-reads history from its cursor.
                 tracing::info!("Redis reconnected: re-subscribing and re-reading history");
-                if let Err(err) = subscriber.resubscribe_all().await {
-                    tracing::warn!(%err, "re-subscribe failed");
+                let topics = store.hub.topics();
+                let names: Vec<String> = topics.iter().map(|t| store.topic_name(t)).collect();
+                match store.subscribe_confirmed(&subscriber, &names).await {
+                    Ok(()) => {
+                        for (_, ready) in pending.drain(..) {
+                            let _ = ready.send(true);
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "re-subscribe failed; retrying"),
                 }
-                for (name, ready) in pending.drain(..) {
-                    let done = store.subscribe_confirmed(&subscriber, &name).await;
-                    let _ = ready.send(done.is_ok());
-                }
+                pending.retain(|(topic, _)| topics.contains(topic));
                 store.hub.resync_all();
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {
+                pending.retain(|(topic, _)| store.hub.topics().contains(topic));
+                let names: Vec<String> = pending.iter().map(|(t, _)| store.topic_name(t)).collect();
+                if store.subscribe_confirmed(&subscriber, &names).await.is_ok() {
+                    for (_, ready) in pending.drain(..) {
+                        let _ = ready.send(true);
+                    }
+                }
             }
         }
     }

@@ -15,7 +15,7 @@ pub mod websocket;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -157,7 +157,8 @@ pub fn router<P: Port>(port: P, config: TransportConfig, lifecycle: Lifecycle) -
         shutdown: lifecycle.shutdown,
         tasks: lifecycle.tasks,
     };
-    let mut router = Router::new().route("/v1/negotiate", get(negotiate::<P>)).route("/v1/send", post(send::send::<P>));
+    let send = post(send::send::<P>).layer(DefaultBodyLimit::max(shared.config.max_message_bytes));
+    let mut router = Router::new().route("/v1/negotiate", get(negotiate::<P>)).route("/v1/send", send);
     for transport in Transport::ALL {
         let route = if shared.config.enabled.contains(&transport) {
             transport.route::<P>()

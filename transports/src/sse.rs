@@ -81,19 +81,22 @@ pub(crate) async fn attach<P: Port>(
     response
 }
 
-/// One event: an optional `id:` line and a single `data:` line (encoded frames hold no newlines).
+/// One event: an optional `id:` line and the frame as `data:` lines. The core sends compact JSON (one line),
+/// but a line break would end the field early, so any is split into further `data:` lines, which EventSource
+/// joins back with `\n`.
 fn event(id: Option<&str>, frame: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(frame.len() + id.map_or(0, |i| i.len() + 5) + 8);
-    if let Some(id) = id {
-        // An id with a line break or NUL would end the field early; positions never contain one.
-        debug_assert!(!id.contains(['\r', '\n', '\0']));
+    if let Some(id) = id.filter(|id| !id.contains(['\r', '\n', '\0'])) {
         out.put_slice(b"id: ");
         out.put_slice(id.as_bytes());
         out.put_u8(b'\n');
     }
-    out.put_slice(b"data: ");
-    out.put_slice(frame);
-    out.put_slice(b"\n\n");
+    for line in frame.split(|b| *b == b'\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
     out.freeze()
 }
 
@@ -114,5 +117,6 @@ mod tests {
         let e = event(Some("s;c@e@3"), br#"{"type":"message"}"#);
         assert_eq!(&e[..], b"id: s;c@e@3\ndata: {\"type\":\"message\"}\n\n");
         assert_eq!(&event(None, b"{}")[..], b"data: {}\n\n");
+        assert_eq!(&event(None, b"{\n\"a\":1\r\n}")[..], b"data: {\ndata: \"a\":1\ndata: }\n\n");
     }
 }

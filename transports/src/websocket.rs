@@ -46,7 +46,9 @@ pub(crate) async fn attach<P: Port>(
         // tungstenite's 128 KiB default per socket would dominate idle memory.
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_write_buffer_size(config.max_message_bytes * 4)
+        // Every send is awaited, so the buffer never holds more than the frame being written; a cap would only
+        // refuse a large frame (a presence ack on a big channel) and drop the socket.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes);
     let tasks = shared.tasks.clone();
@@ -76,7 +78,8 @@ async fn run<P: Port>(
         let sent = tokio::select! {
             item = feed.next() => match item {
                 Some(out) => socket.send(text(out.frame)).await,
-                None => break None,
+                // The feed ends only when its session is gone; it has said so in an error frame.
+                None => break Some((close::POLICY, "session_unknown")),
             },
             received = socket.recv() => match received {
                 Some(Ok(Message::Text(frame))) => {
