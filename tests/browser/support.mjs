@@ -7,7 +7,7 @@ import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { REPO, waitFor, sleep, startGateway, startRedis, startNginx } from "../js/harness.mjs";
+import { REPO, waitFor, sleep, startRedisNodes, startBalancer } from "../js/harness.mjs";
 
 export const WEB = join(REPO, "web");
 export const SHOTS = join(REPO, "docs", "screenshots");
@@ -23,31 +23,20 @@ export async function launchBrowser() {
 }
 
 /**
- * Two gateway nodes, "n1" and "n2", sharing one redis-server behind nginx round-robin (nginx/round-robin.conf:
- * no stickiness). n1 publishes the demo ticker every `tickerMs`; n2 runs none, so the cluster has one ticker.
- * Nothing here is optional: if redis-server, nginx or a node does not come up, this throws (and stops whatever
- * it had started), so the calling hook and its tests fail. Returns {url (nginx's), redis, n1, n2, nginx, stop()}.
+ * Two gateway nodes, "n1" and "n2", sharing one redis-server behind nginx round-robin (nginx/gateway.conf with an
+ * empty BALANCE: no stickiness). n1 publishes the demo ticker every `tickerMs`; n2 runs none, so the cluster has
+ * one ticker. Nothing here is optional: if redis-server, nginx or a node does not come up, this throws (and stops
+ * whatever it had started), so the calling hook and its tests fail. Returns {url (nginx's), redis, n1, n2, nginx,
+ * stop()}.
  */
 export async function startCluster({ tickerMs }) {
-  const started = [];
-  const stop = async () => {
-    for (const p of started.splice(0).reverse()) await p.stop();
-  };
+  const cluster = await startRedisNodes({ n1: ["--demo-ticker-ms", String(tickerMs)], n2: ["--demo-ticker-ms", "0"] });
   try {
-    const redis = await startRedis();
-    started.push(redis);
-    const n1 = await startGateway({ args: ["--node-id", "n1", "--redis-url", redis.url, "--demo-ticker-ms", String(tickerMs)] });
-    started.push(n1);
-    const n2 = await startGateway({ args: ["--node-id", "n2", "--redis-url", redis.url, "--demo-ticker-ms", "0"] });
-    started.push(n2);
-    const nginx = await startNginx({
-      template: "nginx/round-robin.conf",
-      vars: { UPSTREAMS: `server 127.0.0.1:${n1.port} max_fails=0; server 127.0.0.1:${n2.port} max_fails=0;` },
-    });
-    started.push(nginx);
-    return { url: nginx.url, redis, n1, n2, nginx, stop };
+    const { n1, n2 } = cluster.nodes;
+    const nginx = cluster.add(await startBalancer({ nodes: [n1, n2], balance: "round-robin" }));
+    return { url: nginx.url, redis: cluster.redis, n1, n2, nginx, stop: cluster.stop };
   } catch (err) {
-    await stop();
+    await cluster.stop();
     throw err;
   }
 }

@@ -271,6 +271,57 @@ export async function startNginx({ template, vars = {}, bin = process.env.NGINX_
   };
 }
 
+/** The BALANCE values of nginx/gateway.conf: how nginx picks a node for each request. */
+export const BALANCE = Object.freeze({
+  // nginx's default: every request to the next node, no affinity.
+  "round-robin": "",
+  // A consistent hash of ?session= (a request without one: of its $request_id): a session stays on one node.
+  sticky: "hash $stickless_affinity consistent;",
+});
+
+/**
+ * nginx (nginx/gateway.conf) in front of gateway nodes (anything with a `port`), balancing "round-robin" or
+ * "sticky" (see BALANCE). `port`: nginx's listen port (default: a free one). Returns startNginx()'s object plus
+ * `balance`.
+ */
+export async function startBalancer({ nodes, balance = "round-robin", port, ...opts }) {
+  if (!Object.hasOwn(BALANCE, balance)) throw new Error(`unknown balance ${JSON.stringify(balance)} (one of ${Object.keys(BALANCE).join(", ")})`);
+  const vars = {
+    UPSTREAMS: nodes.map((n) => `server 127.0.0.1:${n.port} max_fails=0;`).join(" "),
+    BALANCE: BALANCE[balance],
+  };
+  if (port) vars.PORT = port;
+  return { ...(await startNginx({ template: "nginx/gateway.conf", vars, ...opts })), balance };
+}
+
+/**
+ * One redis-server and gateway nodes sharing it. `nodes` maps each node id to extra gateway args (`--node-id` and
+ * `--redis-url` are added). Returns {redis, nodes: {id: gateway}, add(p), stop()}: add() puts another started
+ * process (an nginx in front) on the list stop() takes down, last started first. If something does not come up,
+ * stops what it had started and throws.
+ */
+export async function startRedisNodes(nodes = { n1: [], n2: [] }) {
+  const started = [];
+  const stop = async () => {
+    for (const p of started.splice(0).reverse()) await p.stop();
+  };
+  const add = (p) => {
+    started.push(p);
+    return p;
+  };
+  try {
+    const redis = add(await startRedis());
+    const gateways = {};
+    for (const [id, args] of Object.entries(nodes)) {
+      gateways[id] = add(await startGateway({ args: ["--node-id", id, "--redis-url", redis.url, ...args] }));
+    }
+    return { redis, nodes: gateways, add, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
 /**
  * A TCP proxy to host:port on a free port, for network faults: blackhole() makes every open connection swallow
  * data both ways without closing (a dead link, as after a NAT timeout); cut() resets them all; new connections
