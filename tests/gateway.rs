@@ -507,3 +507,93 @@ async fn backend_publish_limits_and_null_data() {
     let r = c.post(format!("{}/v1/publish", node.url)).body(huge).send().await.unwrap();
     assert_eq!(error_code(r, 413).await, "payload_too_large");
 }
+
+/// A client that sends its request and then never reads, with a tiny receive window.
+async fn stalled_client(port: u16, request: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn clients_that_never_read_do_not_grow_server_memory_under_a_flood() {
+    let node = Node::start(&[]).await;
+    let ws = stalled_client(
+        node.port,
+        "GET /v1/ws?channels=flood HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    let sse = stalled_client(node.port, "GET /v1/sse?channels=flood HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let blob = "x".repeat(2000);
+    let batch = |from: usize| {
+        let messages: Vec<Value> =
+            (from..from + 100).map(|i| json!({"channel": "flood", "data": [i, &blob]})).collect();
+        json!({ "messages": messages })
+    };
+    let c = http();
+    // Warm up the allocator and the history (1000 messages kept), then measure.
+    for b in 0..20 {
+        let r = c.post(format!("{}/v1/publish", node.url)).json(&batch(b * 100)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let before = node.rss_kib();
+    // 20,000 more messages of ~2 KB: 40 MB that neither stalled client will ever read.
+    for b in 20..220 {
+        let r = c.post(format!("{}/v1/publish", node.url)).json(&batch(b * 100)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let after = node.rss_kib();
+    let grown_mib = after.saturating_sub(before) / 1024;
+    eprintln!("server RSS {before} KiB -> {after} KiB after 40 MB for stalled clients");
+    assert!(
+        grown_mib < 16,
+        "server memory grew by {grown_mib} MiB ({before} -> {after} KiB) for clients that never read"
+    );
+    // Others are still served, from the newest history.
+    let mut poller = Poller::open(&node.url, "flood").await;
+    poller.position = format!("{}@{}", poller.position.rsplit_once('@').unwrap().0, 21_990);
+    let frames = poller.poll(&node.url).await;
+    assert_eq!(frames.last().unwrap()["offset"], 22_000);
+    drop((ws, sse));
+}
+
+#[tokio::test]
+async fn client_presence_can_be_turned_off() {
+    let node = Node::start(&["--client-presence", "false"]).await;
+    let poller = Poller::open(&node.url, "room").await;
+    let reply = poller.send(&node.url, json!({"type": "presence", "id": "p", "channel": "room"})).await;
+    assert_eq!(reply[0]["code"], "forbidden");
+    // The backend API still answers.
+    let body: Value =
+        http().get(format!("{}/v1/presence?channel=room", node.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["pids"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sigterm_closes_live_connections_and_exits() {
+    let mut node = Node::start(&[]).await;
+    let mut ws = Ws::connect(&node.ws_url(), "channels=a").await;
+    let mut sse = Sse::connect(&node.url, "channels=a", None).await;
+    let poller = Poller::open(&node.url, "a").await;
+    let url = node.url.clone();
+    let session = poller.session.clone();
+    let poll = tokio::spawn(async move { http().get(format!("{url}/v1/poll?session={session}")).send().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exited = tokio::task::spawn_blocking(move || node.terminate(Duration::from_secs(10)));
+    let close = loop {
+        match futures_util::StreamExt::next(&mut ws.stream).await {
+            Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(CloseCode::Away), "WebSockets close with 1001");
+    assert!(sse.next().await.is_none(), "SSE streams end");
+    let answered = poll.await.unwrap().expect("the waiting poll is answered");
+    assert_eq!(answered.status(), 200);
+    assert!(exited.await.unwrap(), "the process exits cleanly within 10 s");
+}

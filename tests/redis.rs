@@ -373,3 +373,27 @@ async fn a_websocket_whose_session_is_gone_gets_session_unknown_then_close_1008(
     };
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1008));
 }
+
+fn commands_processed(redis: &Redis) -> u64 {
+    let info = redis.cli(&["INFO", "stats"]).unwrap();
+    let line = info.lines().find(|l| l.starts_with("total_commands_processed:")).unwrap();
+    line.trim().split(':').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn idle_sessions_cost_only_their_ttl_refresh() {
+    let redis = Redis::start(&[]).await;
+    let nodes = nodes(&redis.url(), 1, &["--session-ttl", "3"]).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(Ws::connect(&nodes[0].ws_url(), &format!("channels=idle{i}")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = commands_processed(&redis);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let spent = commands_processed(&redis) - before - 1; // less our own INFO
+                                                         // Each session refreshes every ttl/3 = 1 s: PEXPIRE + HSET on the session, ZADD + PEXPIRE on its channel's
+                                                         // presence; 5 sessions x 3 refreshes x 4 commands = 60. Nothing polls.
+    assert!(spent <= 5 * 4 * 4, "{spent} Redis commands for 5 idle sessions in 3 s");
+    assert!(spent >= 5 * 4, "the TTL refresh happens ({spent} commands)");
+}

@@ -49,6 +49,26 @@ impl Node {
         panic!("gateway on port {port} did not come up");
     }
 
+    /// Resident memory of the node's process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// SIGTERM, then waits (at most `limit`) for the process to exit; answers whether it exited cleanly.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// SIGKILL: the process dies without any cleanup.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
