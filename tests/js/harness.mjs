@@ -216,6 +216,25 @@ export async function startRedis({ args = [], bin = process.env.REDIS_SERVER_BIN
   };
 }
 
+/**
+ * Starts any other server process (`cmd args`), tracked like the gateway (killed when the test process exits),
+ * and waits until `ready()` (may be async) returns truthy. `what` names it in errors. Returns {proc, logs(),
+ * stop(), kill(signal)}.
+ */
+export async function startProcess({ cmd, args = [], env = {}, cwd, ready, what = cmd, timeoutMs = 30000 }) {
+  const proc = spawnTracked(cmd, args, { env: { ...process.env, ...env }, ...(cwd ? { cwd } : {}) });
+  await untilUp(proc, ready, what, timeoutMs);
+  return {
+    proc,
+    logs: () => proc.output(),
+    stop: (graceMs) => stopProc(proc, graceMs),
+    kill: (signal = "SIGKILL") => {
+      proc.kill(signal);
+      return proc.exited;
+    },
+  };
+}
+
 /** Renders `{{NAME}}` placeholders; an unknown placeholder is an error (a template typo should not pass silently). */
 export function renderTemplate(text, vars) {
   return text.replace(/\{\{\s*([A-Za-z0-9_]+)\s*\}\}/g, (_, name) => {

@@ -7,6 +7,8 @@
 // - On connect the server emits `welcome` {node, id}; a client emits `join` (room, ack) to join a room.
 // - POST /publish?room=R with a JSON body: a backend's broadcast `message` (the body) to room R, from this node,
 //   through the Redis adapter to every node. Answers {node, room}.
+// - GET /requests?sid=S: {node, sid, statuses}: how many Engine.IO requests naming ?sid=S this node answered, by
+//   HTTP status (e.g. {"200": 7} or {"400": 3}), so a test sees every node a session's requests reached.
 // - GET /health: {node} once the Redis adapter is connected.
 // Run by hand: PORT=3001 REDIS_URL=redis://127.0.0.1:6379 NODE_ID=a node tests/js/sio-server.mjs
 
@@ -23,6 +25,8 @@ if (!PORT || !REDIS_URL) {
   process.exit(2);
 }
 
+const requestsBySid = new Map(); // Engine.IO sid -> {status: count}
+
 const httpServer = createServer((req, res) => {
   // Engine.IO answers everything under /socket.io/ itself; this handler sees only the other paths.
   const url = new URL(req.url, "http://localhost");
@@ -31,6 +35,10 @@ const httpServer = createServer((req, res) => {
     res.end(JSON.stringify(body));
   };
   if (req.method === "GET" && url.pathname === "/health") return json(200, { node: NODE });
+  if (req.method === "GET" && url.pathname === "/requests") {
+    const sid = url.searchParams.get("sid") || "";
+    return json(200, { node: NODE, sid, statuses: requestsBySid.get(sid) || {} });
+  }
   if (req.method === "POST" && url.pathname === "/publish") {
     const room = url.searchParams.get("room");
     let text = "";
@@ -51,8 +59,6 @@ const httpServer = createServer((req, res) => {
   }
   json(404, { error: "not found" });
 });
-// Runs before Engine.IO's own request listener: its answers (the 400 "Session ID unknown" too) keep this header.
-httpServer.prependListener("request", (_req, res) => res.setHeader("x-node", NODE));
 
 const pubClient = createClient({ url: REDIS_URL });
 const subClient = pubClient.duplicate();
@@ -60,6 +66,19 @@ for (const c of [pubClient, subClient]) c.on("error", (err) => console.error(`si
 await Promise.all([pubClient.connect(), subClient.connect()]);
 
 const io = new Server(httpServer, { adapter: createAdapter(pubClient, subClient), serveClient: false });
+// Added after Engine.IO has wrapped the server's request listeners, so it runs before Engine.IO handles a request:
+// its answers (the 400 "Session ID unknown" too) keep this header.
+httpServer.prependListener("request", (req, res) => {
+  res.setHeader("x-node", NODE);
+  const sid = req.url.startsWith("/socket.io/") && new URL(req.url, "http://localhost").searchParams.get("sid");
+  if (sid) {
+    res.once("finish", () => {
+      const statuses = requestsBySid.get(sid) || {};
+      statuses[res.statusCode] = (statuses[res.statusCode] || 0) + 1;
+      requestsBySid.set(sid, statuses);
+    });
+  }
+});
 io.on("connection", (socket) => {
   socket.emit("welcome", { node: NODE, id: socket.id });
   socket.on("join", async (room, ack) => {
