@@ -47,8 +47,11 @@ pub enum ListenCommand {
     Unlisten(Topic),
 }
 
-/// Messages a listener may fall behind by before it is told to re-read history instead.
-const TOPIC_CAPACITY: usize = 512;
+/// Messages a channel listener may fall behind by before it is told to re-read history instead.
+const CHANNEL_CAPACITY: usize = 512;
+/// A session's control topic only says "reload"; a lagged listener reloads all the same. tokio preallocates
+/// every slot, and there is one such topic per connected session, so keep it small.
+const SESSION_CAPACITY: usize = 4;
 
 struct Entry {
     sender: broadcast::Sender<Live>,
@@ -83,7 +86,11 @@ impl Hub {
             if let Some(commands) = &self.commands {
                 let _ = commands.send(ListenCommand::Listen(topic.clone(), ready_tx));
             }
-            Entry { sender: broadcast::channel(TOPIC_CAPACITY).0, ready, listeners: 0 }
+            let capacity = match topic {
+                Topic::Channel(_) => CHANNEL_CAPACITY,
+                Topic::Session(_) => SESSION_CAPACITY,
+            };
+            Entry { sender: broadcast::channel(capacity).0, ready, listeners: 0 }
         });
         entry.listeners += 1;
         let events = BroadcastStream::new(entry.sender.subscribe());
