@@ -28,7 +28,7 @@ use crate::store::Store;
 pub type Feed = Pin<Box<dyn Stream<Item = Outbound> + Send>>;
 
 /// How long a new listener waits for the store to confirm its live subscription before reading history anyway.
-const READY_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const READY_WAIT: Duration = Duration::from_secs(5);
 /// How long a feed waits before reading history again after the store failed.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -95,24 +95,23 @@ pub fn start_position(record: &SessionRecord, position: &Position) -> Position {
     )
 }
 
-/// Opens the feed of session `id` from `position`.
+/// Opens the feed of session `id` from `position`. `control` listens to the session's control topic and was
+/// started before `record` was read, so no change to the session falls between the two.
 pub fn open<S: Store>(
     core: Arc<Core<S>>,
     id: SessionId,
     record: SessionRecord,
     position: Position,
     track: bool,
+    mut control: Listener,
 ) -> Feed {
     Box::pin(async_stream::stream! {
-        let mut control = core.hub.listen(Topic::Session(id.clone()));
         let mut live = StreamMap::new();
         let mut state = State { channels: BTreeMap::new(), track };
-        control.ready(READY_WAIT).await;
-        // A change made before this feed listened (a subscribe sent right after `welcome`) was told to nobody,
-        // so start from the session as it is now, not as it was at attach.
+        sync(&core, &mut state, &mut live, &record, &position).await;
         let mut record = record;
-        let mut reload = true;
-        let mut first = true;
+        // Unconfirmed, the control topic may have missed a change: read the session again until it is confirmed.
+        let mut reload = !control.is_ready();
         let mut touch = tokio::time::interval(core.config.session_ttl / 3);
         touch.tick().await;
         let mut failing = false;
@@ -130,9 +129,7 @@ pub fn open<S: Store>(
                     // Serve what is known and try again on the retry timer.
                     Err(_) => {}
                 }
-                let start = if first { &position } else { &Position::default() };
-                sync(&core, &mut state, &mut live, &record, start).await;
-                first = false;
+                sync(&core, &mut state, &mut live, &record, &Position::default()).await;
             }
             // Catch up every channel whose live delivery cannot be trusted, from history.
             while let Some((name, after)) = state.next_dirty() {

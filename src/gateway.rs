@@ -15,7 +15,7 @@ use crate::channel::{ChannelName, Cursor};
 use crate::error::CoreError;
 use crate::feed::{self, Feed};
 use crate::frame::{self, Command, Upstream};
-use crate::hub::Hub;
+use crate::hub::{Hub, Topic};
 use crate::position::Position;
 use crate::session::{SessionId, SessionRecord};
 use crate::store::{now_ms, Store};
@@ -138,15 +138,20 @@ impl<S: Store> Gateway<S> {
             }
             None => Vec::new(),
         };
-        let (id, mut record, created) = match &request.session {
-            Some(session) => {
-                let (id, record) = self.load(session).await?;
-                (id, record, false)
-            }
+        let id = match &request.session {
+            Some(session) => SessionId::parse(session)?,
+            None => SessionId::random(),
+        };
+        // Listen to the session's control topic before reading the session: a change made after the read (a
+        // subscribe sent right after `welcome`, on this or another node) then reaches the feed.
+        let mut control = self.0.hub.listen(Topic::Session(id.clone()));
+        control.ready(feed::READY_WAIT).await;
+        let (mut record, created) = match &request.session {
+            Some(session) => (self.load(session).await?.1, false),
             None => {
-                let (id, record) = (SessionId::random(), SessionRecord::new());
+                let record = SessionRecord::new();
                 self.0.store.create_session(&id, &record).await?;
-                (id, record, true)
+                (record, true)
             }
         };
         let mut changed = false;
@@ -176,7 +181,7 @@ impl<S: Store> Gateway<S> {
             created,
             welcome,
             position: start.to_string(),
-            feed: feed::open(self.0.clone(), id, record, start, request.track_position),
+            feed: feed::open(self.0.clone(), id, record, start, request.track_position, control),
         })
     }
 

@@ -25,17 +25,32 @@ use crate::frame::GapReason;
 use crate::hub::{Hub, ListenCommand, Live, Topic};
 use crate::session::{SessionId, SessionRecord};
 
-const APPEND: &str = r#"
+/// The Lua that reads a channel's epoch (`KEYS[1]` meta, `KEYS[2]` stream), creating a fresh one from the
+/// candidate argument when the meta is gone; any orphaned stream goes with it, so offsets never restart silently.
+macro_rules! ensure_epoch {
+    ($candidate:literal) => {
+        concat!(
+            "local epoch = redis.call('HGET', KEYS[1], 'e')\n",
+            "if not epoch then\n",
+            "  epoch = ",
+            $candidate,
+            "\n",
+            "  redis.call('DEL', KEYS[2])\n",
+            "  redis.call('HSET', KEYS[1], 'e', epoch, 't', 0)\n",
+            "end\n"
+        )
+    };
+}
+
+const APPEND: &str = concat!(
+    r#"
 if #KEYS == 3 then
   local seen = redis.call('GET', KEYS[3])
   if seen then return seen end
 end
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[7]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 't', 0)
-end
+"#,
+    ensure_epoch!("ARGV[7]"),
+    r#"
 local off = redis.call('HINCRBY', KEYS[1], 't', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], off .. '-0', 't', ARGV[2], 'd', ARGV[1])
 local cutoff = tonumber(ARGV[2]) - tonumber(ARGV[4])
@@ -53,15 +68,14 @@ if #KEYS == 3 then redis.call('SET', KEYS[3], cursor, 'PX', ARGV[5]) end
 local live = epoch .. ' ' .. off .. ' ' .. ARGV[2] .. '\n' .. ARGV[1]
 if ARGV[8] == '1' then redis.call('SPUBLISH', ARGV[6], live) else redis.call('PUBLISH', ARGV[6], live) end
 return cursor
-"#;
+"#
+);
 
-const READ: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 't', 0)
-end
+const READ: &str = concat!(
+    r#"
+"#,
+    ensure_epoch!("ARGV[4]"),
+    r#"
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 local top = tonumber(redis.call('HGET', KEYS[1], 't'))
 local limit = tonumber(ARGV[3])
@@ -80,7 +94,8 @@ elseif after + 1 < first then
 end
 local entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', limit)
 return {epoch, top, reason, after, entries}
-"#;
+"#
+);
 
 const SUBSCRIBE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
