@@ -597,3 +597,26 @@ async fn sigterm_closes_live_connections_and_exits() {
     assert_eq!(answered.status(), 200);
     assert!(exited.await.unwrap(), "the process exits cleanly within 10 s");
 }
+
+#[tokio::test]
+async fn websocket_from_a_disallowed_origin_is_refused_with_403() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let node = Node::start(&["--allowed-origins", "https://good.example"]).await;
+    let mut request = format!("{}/v1/ws", node.ws_url()).into_client_request().unwrap();
+    request.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected a 403, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    let mut request = format!("{}/v1/ws", node.ws_url()).into_client_request().unwrap();
+    request.headers_mut().insert("origin", "https://good.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(request).await.is_ok(), "the allowed origin connects");
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_get_503_over_capacity() {
+    let node = Node::start(&["--max-connections", "1"]).await;
+    let _held = Sse::connect(&node.url, "channels=a", None).await;
+    let r = http().get(format!("{}/v1/poll?channels=a", node.url)).send().await.unwrap();
+    assert_eq!(error_code(r, 503).await, "over_capacity");
+}
