@@ -1,78 +1,146 @@
-//! The core's errors, each with the stable code clients see (docs/PROTOCOL.md, "HTTP errors").
+//! The one place where a failure becomes what a client sees: an [`ErrorCode`] and a message, told as an HTTP
+//! error body, an `error` frame or a WebSocket close ([`Rejection`]).
+//!
+//! Each layer below has its own small error ([`ModelError`], [`ProtocolError`], [`StoreError`]); this module
+//! converts them, and nothing below it depends on it.
 
-use stickless_transports::{Fault, Rejection};
+use std::borrow::Cow;
 
+use axum::http::StatusCode;
+use bytes::Bytes;
+use stickless_transports::{Refusal, Rejection};
+
+use crate::model::ModelError;
+use crate::protocol::{self, Downstream, ErrorCode, ProtocolError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CoreError {
-    #[error("the body or frame is not JSON: {0}")]
-    MalformedJson(String),
+pub enum Error {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
     #[error("{0}")]
-    InvalidFrame(String),
-    #[error("unknown frame type `{0}`")]
-    UnknownType(String),
-    #[error("channel names match [A-Za-z0-9_.:/-]{{1,128}}")]
-    InvalidChannel,
-    #[error("invalid position: {0}")]
-    InvalidPosition(&'static str),
+    Store(#[from] StoreError),
     #[error("at most {0} frames per send")]
     TooManyFrames(usize),
-    #[error("at most {0} subscriptions per session")]
-    TooManySubscriptions(usize),
-    #[error("a valid API key is required (Authorization: Bearer <key>)")]
-    Unauthorized,
-    #[error("{0}")]
-    Forbidden(&'static str),
-    #[error("unknown or expired session; create a new one and re-subscribe with `since`")]
-    SessionUnknown,
     #[error("data is over max_message_bytes ({0})")]
     PayloadTooLarge(usize),
-    #[error("the store did not answer, so this is not acknowledged (usually not stored); retry with the same id or idempotency_key: {0}")]
-    StoreUnavailable(String),
+    #[error("{}", .0.describe())]
+    Plain(ErrorCode),
+    #[error("{1}")]
+    Other(ErrorCode, Cow<'static, str>),
 }
 
-impl CoreError {
-    pub fn code(&self) -> &'static str {
+impl From<ModelError> for Error {
+    fn from(err: ModelError) -> Self {
+        Error::Protocol(err.into())
+    }
+}
+
+impl Error {
+    /// A request refused with the `code`'s usual message.
+    pub fn plain(code: ErrorCode) -> Self {
+        Error::Plain(code)
+    }
+
+    /// A request refused with its own message.
+    pub fn with(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Error::Other(code, message.into())
+    }
+
+    /// A malformed request or frame, with what was wrong.
+    pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::Protocol(ProtocolError::InvalidFrame(message.into()))
+    }
+
+    pub fn code(&self) -> ErrorCode {
         match self {
-            CoreError::MalformedJson(_) => "malformed_json",
-            CoreError::InvalidFrame(_) => "invalid_frame",
-            CoreError::UnknownType(_) => "unknown_type",
-            CoreError::InvalidChannel => "invalid_channel",
-            CoreError::InvalidPosition(_) => "invalid_position",
-            CoreError::TooManyFrames(_) => "too_many_frames",
-            CoreError::TooManySubscriptions(_) => "too_many_subscriptions",
-            CoreError::Unauthorized => "unauthorized",
-            CoreError::Forbidden(_) => "forbidden",
-            CoreError::SessionUnknown => "session_unknown",
-            CoreError::PayloadTooLarge(_) => "payload_too_large",
-            CoreError::StoreUnavailable(_) => "store_unavailable",
+            Error::Protocol(err) => err.code(),
+            Error::Store(StoreError::TooManySubscriptions(_)) => ErrorCode::TooManySubscriptions,
+            Error::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
+            Error::TooManyFrames(_) => ErrorCode::TooManyFrames,
+            Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Error::Plain(code) | Error::Other(code, _) => *code,
         }
     }
 
-    fn fault(&self) -> Fault {
+    /// What the client reads: the specific message, or the code's own where a lower layer's would mislead.
+    pub fn message(&self) -> Cow<'static, str> {
         match self {
-            CoreError::Unauthorized => Fault::Unauthorized,
-            CoreError::Forbidden(_) => Fault::Forbidden,
-            CoreError::SessionUnknown => Fault::NotFound,
-            CoreError::PayloadTooLarge(_) => Fault::TooLarge,
-            CoreError::StoreUnavailable(_) => Fault::Unavailable,
-            _ => Fault::BadRequest,
+            Error::Protocol(ProtocolError::Model(ModelError::InvalidSessionId)) => self.code().describe().into(),
+            Error::Store(StoreError::Unavailable(cause)) => format!("{}: {cause}", self.code().describe()).into(),
+            other => other.to_string().into(),
+        }
+    }
+
+    /// The `error` frame answering the upstream frame `id`.
+    pub fn frame(&self, id: Option<&str>) -> Bytes {
+        Downstream::error(id, self.code(), &self.message())
+    }
+
+    /// `{"error":{"code","message"}}`.
+    pub fn body(&self) -> Bytes {
+        protocol::error_body(self.code(), &self.message())
+    }
+
+    /// The refusal as the transports tell it.
+    pub fn rejection(&self) -> Rejection {
+        let code = self.code();
+        Rejection {
+            code: code.as_str(),
+            status: StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            close_code: code.close_code(),
+            body: self.body(),
+            frame: self.frame(None),
         }
     }
 }
 
-impl From<StoreError> for CoreError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::TooManySubscriptions(n) => CoreError::TooManySubscriptions(n),
-            StoreError::Unavailable(msg) => CoreError::StoreUnavailable(msg),
+impl From<Error> for Rejection {
+    fn from(err: Error) -> Self {
+        err.rejection()
+    }
+}
+
+/// The transports' own refusals, worded.
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::TransportDisabled(t) => Error::with(
+                ErrorCode::TransportDisabled,
+                format!("the {} transport is turned off on this server", t.name()),
+            ),
+            Refusal::OverCapacity => Error::plain(ErrorCode::OverCapacity),
+            Refusal::BadQuery(why) => Error::invalid(format!("bad query string: {why}")),
+            Refusal::BadBody(why) => Error::invalid(why),
+            Refusal::BodyTooLarge => Error::plain(ErrorCode::PayloadTooLarge),
+            Refusal::MissingSession => Error::invalid("`session` query parameter is required"),
+            Refusal::ForbiddenOrigin => Error::with(ErrorCode::Forbidden, "this Origin may not open a WebSocket here"),
+            Refusal::BinaryMessage => Error::plain(ErrorCode::BinaryUnsupported),
+            Refusal::Internal => Error::plain(ErrorCode::Internal),
         }
     }
 }
 
-impl From<CoreError> for Rejection {
-    fn from(err: CoreError) -> Self {
-        Rejection::new(err.fault(), err.code(), err.to_string())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_errors_keep_their_codes_and_useful_messages() {
+        let err = Error::from(ModelError::InvalidSessionId);
+        assert_eq!(
+            (err.code(), err.message()),
+            (ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe().into())
+        );
+        let err = Error::from(StoreError::Unavailable("timeout".into()));
+        assert_eq!(err.code(), ErrorCode::StoreUnavailable);
+        assert!(err.message().ends_with(": timeout"));
+        let rejection = Error::from(ModelError::InvalidChannel).rejection();
+        assert_eq!(
+            (rejection.status, rejection.close_code, rejection.code),
+            (StatusCode::BAD_REQUEST, 1008, "invalid_channel")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&rejection.body).unwrap();
+        assert_eq!(body["error"]["code"], "invalid_channel");
     }
 }

@@ -6,56 +6,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use serde::Serialize;
+use bytes::Bytes;
 use serde_json::value::RawValue;
-use stickless_transports::{Attach, Attached, Port, Rejection};
+use stickless_transports::{Attach, Attached, Port, Refusal, Rejection, Transport};
 
-use crate::channel::{ChannelName, Cursor};
-use crate::error::CoreError;
-use crate::feed::{self, Feed};
-use crate::frame::{self, Command, Upstream};
+use crate::error::Error;
+use crate::feed::{self, Feed, Source};
 use crate::hub::{Hub, Topic};
-use crate::position::Position;
-use crate::session::{SessionId, SessionRecord};
-use crate::store::{now_ms, Store};
+use crate::model::{now_ms, ChannelName, Cursor, Position, SessionId, SessionRecord};
+use crate::protocol::{self, AckResult, Downstream, ErrorCode, Limits, Negotiation, TransportOffer, Upstream};
+use crate::settings::Settings;
+use crate::store::Store;
 
-/// What the core enforces and announces.
-#[derive(Debug, Clone)]
-pub struct CoreConfig {
-    /// This node's name, shown to clients.
-    pub node: String,
-    pub heartbeat: Duration,
-    pub session_ttl: Duration,
-    pub max_message_bytes: usize,
-    pub max_subscriptions: usize,
-    pub max_frames_per_send: usize,
-    /// The most messages one history read (and so one poll) returns.
-    pub max_batch: usize,
-    /// Whether clients may list a channel's subscribers (`presence` frames).
-    pub client_presence: bool,
-}
-
-impl Default for CoreConfig {
-    fn default() -> Self {
-        CoreConfig {
-            node: "n1".into(),
-            heartbeat: Duration::from_secs(15),
-            session_ttl: Duration::from_secs(60),
-            max_message_bytes: 64 * 1024,
-            max_subscriptions: 64,
-            max_frames_per_send: 100,
-            max_batch: 100,
-            client_presence: true,
-        }
-    }
-}
-
-/// The state every request shares: the store, this node's hub and the configuration.
-pub struct Core<S> {
-    pub store: Arc<S>,
-    pub hub: Arc<Hub>,
-    pub config: CoreConfig,
+struct Core<S> {
+    source: Arc<Source<S>>,
+    settings: Settings,
+    node: String,
 }
 
 /// The cheap handle the transports and the HTTP API hold.
@@ -67,67 +33,65 @@ impl<S> Clone for Gateway<S> {
     }
 }
 
-#[derive(Serialize)]
-struct Stored<'a> {
-    channel: &'a ChannelName,
-    #[serde(flatten)]
-    cursor: Cursor,
-}
-
 impl<S: Store> Gateway<S> {
-    pub fn new(store: Arc<S>, hub: Arc<Hub>, config: CoreConfig) -> Self {
-        Gateway(Arc::new(Core { store, hub, config }))
+    pub fn new(store: Arc<S>, hub: Arc<Hub>, settings: Settings, node: String) -> Self {
+        let source = Arc::new(Source { store, hub, max_batch: settings.max_batch, session_ttl: settings.session_ttl });
+        Gateway(Arc::new(Core { source, settings, node }))
     }
 
-    pub fn store(&self) -> &Arc<S> {
-        &self.0.store
+    fn store(&self) -> &S {
+        &self.0.source.store
     }
 
-    /// Publishes for a backend; answers once stored. A repeated `idempotency_key` returns the first result.
+    fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    /// Publishes for a backend; answers once stored. A repeated `idempotency_key` returns the first cursor.
     pub async fn publish(
         &self,
         channel: &str,
         data: &RawValue,
         idempotency_key: Option<&str>,
-    ) -> Result<serde_json::Value, CoreError> {
+    ) -> Result<(ChannelName, Cursor), Error> {
         let channel = ChannelName::parse(channel)?;
-        if let Some(key) = idempotency_key {
-            if key.is_empty() || key.len() > 128 {
-                return Err(CoreError::InvalidFrame("`idempotency_key` must be 1..128 chars".into()));
-            }
+        if idempotency_key.is_some_and(|key| key.is_empty() || key.len() > 128) {
+            return Err(Error::invalid("`idempotency_key` must be 1..128 chars"));
         }
         let dedupe = idempotency_key.map(|k| format!("k:{k}"));
         let cursor = self.append(&channel, data, dedupe.as_deref()).await?;
-        Ok(serde_json::to_value(Stored { channel: &channel, cursor }).unwrap_or_default())
+        Ok((channel, cursor))
     }
 
     /// The public ids subscribed to `channel` on every node.
-    pub async fn presence(&self, channel: &str) -> Result<Vec<String>, CoreError> {
+    pub async fn presence(&self, channel: &str) -> Result<(ChannelName, Vec<String>), Error> {
         let channel = ChannelName::parse(channel)?;
-        Ok(self.0.store.presence(&channel).await?)
+        let pids = self.store().presence(&channel).await?;
+        Ok((channel, pids))
     }
 
-    async fn append(&self, channel: &ChannelName, data: &RawValue, dedupe: Option<&str>) -> Result<Cursor, CoreError> {
-        if data.get().len() > self.0.config.max_message_bytes {
-            return Err(CoreError::PayloadTooLarge(self.0.config.max_message_bytes));
+    async fn append(&self, channel: &ChannelName, data: &RawValue, dedupe: Option<&str>) -> Result<Cursor, Error> {
+        let max = self.settings().max_message_bytes;
+        if data.get().len() > max {
+            return Err(Error::PayloadTooLarge(max));
         }
-        Ok(self.0.store.append(channel, &frame::compact(data), now_ms(), dedupe).await?)
+        Ok(self.store().append(channel, &protocol::compact(data), now_ms(), dedupe).await?)
     }
 
-    async fn load(&self, session: &str) -> Result<(SessionId, SessionRecord), CoreError> {
+    async fn load(&self, session: &str) -> Result<(SessionId, SessionRecord), Error> {
         let id = SessionId::parse(session)?;
-        let Some(record) = self.0.store.load_session(&id).await? else {
-            return Err(CoreError::SessionUnknown);
+        let Some(record) = self.store().load_session(&id).await? else {
+            return Err(Error::plain(ErrorCode::SessionUnknown));
         };
         // Loading refreshed the session's TTL; presence entries are refreshed now and then, not per request.
-        let ttl_ms = self.0.config.session_ttl.as_millis() as u64;
+        let ttl_ms = self.settings().session_ttl.as_millis() as u64;
         if now_ms().saturating_sub(record.presence_at) > ttl_ms / 3 && !record.subscriptions.is_empty() {
-            self.0.store.touch_session(&id, &record).await?;
+            self.store().touch_session(&id, &record).await?;
         }
         Ok((id, record))
     }
 
-    async fn open(&self, request: Attach) -> Result<Attached<Feed>, CoreError> {
+    async fn open(&self, request: Attach) -> Result<Attached<Feed>, Error> {
         let position = match &request.position {
             Some(text) => Position::parse(text)?,
             None => Position::default(),
@@ -144,13 +108,13 @@ impl<S: Store> Gateway<S> {
         };
         // Listen to the session's control topic before reading the session: a change made after the read (a
         // subscribe sent right after `welcome`, on this or another node) then reaches the feed.
-        let mut control = self.0.hub.listen(Topic::Session(id.clone()));
+        let mut control = self.0.source.hub.listen(Topic::Session(id.clone()));
         control.ready(feed::READY_WAIT).await;
         let (mut record, created) = match &request.session {
             Some(session) => (self.load(session).await?.1, false),
             None => {
                 let record = SessionRecord::new();
-                self.0.store.create_session(&id, &record).await?;
+                self.store().create_session(&id, &record).await?;
                 (record, true)
             }
         };
@@ -165,23 +129,23 @@ impl<S: Store> Gateway<S> {
             changed = true;
         }
         if changed && !created {
-            self.0.store.notify_session(&id).await?;
+            self.store().notify_session(&id).await?;
         }
-        let welcome = frame::encode(&serde_json::json!({
-            "type": "welcome",
-            "session": id.as_str(),
-            "pid": record.pid,
-            "node": self.0.config.node,
-            "transport": request.transport,
-            "heartbeat_ms": self.0.config.heartbeat.as_millis() as u64,
-        }));
+        let welcome = Downstream::Welcome {
+            heartbeat_ms: self.settings().heartbeat.as_millis() as u64,
+            node: &self.0.node,
+            pid: &record.pid,
+            session: id.as_str(),
+            transport: request.transport,
+        }
+        .encode();
         let start = feed::start_position(&record, &position);
         Ok(Attached {
             session: id.as_str().to_owned(),
             created,
             welcome,
             position: start.to_string(),
-            feed: feed::open(self.0.clone(), id, record, start, request.track_position, control),
+            feed: feed::open(self.0.source.clone(), id, record, start, request.track_position, control),
         })
     }
 
@@ -191,58 +155,81 @@ impl<S: Store> Gateway<S> {
         record: &SessionRecord,
         channel: &ChannelName,
         since: Option<Cursor>,
-    ) -> Result<Cursor, CoreError> {
-        let max = self.0.config.max_subscriptions;
+    ) -> Result<Cursor, Error> {
+        let max = self.settings().max_subscriptions;
         // Refused before `top`, which creates the channel's log, so a client over its cap creates nothing.
         if !record.subscriptions.contains_key(channel) && record.subscriptions.len() >= max {
-            return Err(CoreError::TooManySubscriptions(max));
+            return Err(crate::store::StoreError::TooManySubscriptions(max).into());
         }
         let start = match since {
             Some(cursor) => cursor,
-            None => self.0.store.top(channel).await?,
+            None => self.store().top(channel).await?,
         };
-        self.0.store.subscribe(id, &record.pid, channel, &start, max).await?.ok_or(CoreError::SessionUnknown)
+        self.store()
+            .subscribe(id, &record.pid, channel, &start, max)
+            .await?
+            .ok_or(Error::plain(ErrorCode::SessionUnknown))
     }
 
     /// Applies one upstream frame; answers with its `ack` or `error` frame.
     async fn apply(&self, id: &SessionId, record: &SessionRecord, frame: Upstream) -> Bytes {
         match self.command(id, record, &frame).await {
-            Ok(result) => frame::ack(&frame.id, result),
-            Err(err) => frame::error(Some(&frame.id), &err),
+            Ok(ack) => ack,
+            Err(err) => err.frame(Some(frame.id())),
         }
     }
 
-    async fn command(
-        &self,
-        id: &SessionId,
-        record: &SessionRecord,
-        frame: &Upstream,
-    ) -> Result<serde_json::Value, CoreError> {
-        Ok(match &frame.command {
-            Command::Subscribe { channel, since } => {
+    async fn command(&self, id: &SessionId, record: &SessionRecord, frame: &Upstream) -> Result<Bytes, Error> {
+        let ack = |result| Downstream::Ack { id: frame.id(), result }.encode();
+        Ok(match frame {
+            Upstream::Subscribe { channel, since, .. } => {
                 let cursor = self.subscribe(id, record, channel, since.clone()).await?;
-                self.0.store.notify_session(id).await?;
-                serde_json::to_value(Stored { channel, cursor }).unwrap_or_default()
+                self.store().notify_session(id).await?;
+                ack(AckResult::cursor(channel, &cursor))
             }
-            Command::Unsubscribe { channel } => {
-                self.0.store.unsubscribe(id, &record.pid, channel).await?;
-                self.0.store.notify_session(id).await?;
-                serde_json::json!({ "channel": channel })
+            Upstream::Unsubscribe { channel, .. } => {
+                self.store().unsubscribe(id, &record.pid, channel).await?;
+                self.store().notify_session(id).await?;
+                ack(AckResult::Channel { channel })
             }
-            Command::Publish { channel, data } => {
+            Upstream::Publish { channel, data, id: frame_id } => {
                 // Scoped to the session, so one client's ids never collide with another's.
-                let dedupe = format!("c:{}:{}", id.as_str(), frame.id);
+                let dedupe = format!("c:{}:{frame_id}", id.as_str());
                 let cursor = self.append(channel, data, Some(&dedupe)).await?;
-                serde_json::to_value(Stored { channel, cursor }).unwrap_or_default()
+                ack(AckResult::cursor(channel, &cursor))
             }
-            Command::Presence { channel } => {
-                if !self.0.config.client_presence {
-                    return Err(CoreError::Forbidden("client presence is turned off on this server"));
+            Upstream::Presence { channel, .. } => {
+                if !self.settings().client_presence {
+                    return Err(Error::with(ErrorCode::Forbidden, "client presence is turned off on this server"));
                 }
-                serde_json::json!({ "channel": channel, "pids": self.0.store.presence(channel).await? })
+                let pids = self.store().presence(channel).await?;
+                ack(AckResult::Presence { channel, pids: &pids })
             }
-            Command::Ping => serde_json::json!({}),
+            Upstream::Ping { .. } => ack(AckResult::Empty {}),
         })
+    }
+
+    async fn send_frames(&self, session: &str, body: &[u8]) -> Result<Bytes, Error> {
+        let value: Box<RawValue> = serde_json::from_slice(body)
+            .map_err(|e| Error::Protocol(protocol::ProtocolError::MalformedJson(e.to_string())))?;
+        let frames: Vec<&RawValue> = if value.get().trim_start().starts_with('[') {
+            serde_json::from_str(value.get()).map_err(|e| Error::invalid(e.to_string()))?
+        } else {
+            vec![&value]
+        };
+        let max = self.settings().max_frames_per_send;
+        if frames.len() > max {
+            return Err(Error::TooManyFrames(max));
+        }
+        let (id, record) = self.load(session).await?;
+        let mut replies = Vec::with_capacity(frames.len());
+        for raw in frames {
+            replies.push(match Upstream::parse_value(raw) {
+                Ok(upstream) => self.apply(&id, &record, upstream).await,
+                Err(refused) => Error::from(refused.error).frame(refused.id.as_deref()),
+            });
+        }
+        Ok(protocol::array(&replies))
     }
 }
 
@@ -250,24 +237,26 @@ impl<S: Store> Port for Gateway<S> {
     type Feed = Feed;
 
     fn node(&self) -> &str {
-        &self.0.config.node
+        &self.0.node
     }
 
-    fn describe(&self) -> serde_json::Map<String, serde_json::Value> {
-        let c = &self.0.config;
-        let value = serde_json::json!({
-            "session_ttl_ms": c.session_ttl.as_millis() as u64,
-            "limits": {
-                "max_message_bytes": c.max_message_bytes,
-                "max_subscriptions": c.max_subscriptions,
-                "max_frames_per_send": c.max_frames_per_send,
-                "max_batch": c.max_batch,
+    fn negotiate(&self, enabled: &[Transport], poll_timeout: Duration) -> Bytes {
+        let s = self.settings();
+        Negotiation {
+            version: 1,
+            node: &self.0.node,
+            transports: enabled.iter().map(|t| TransportOffer { name: t.name(), path: t.path() }).collect(),
+            heartbeat_ms: s.heartbeat.as_millis() as u64,
+            poll_timeout_ms: poll_timeout.as_millis() as u64,
+            session_ttl_ms: s.session_ttl.as_millis() as u64,
+            limits: Limits {
+                max_message_bytes: s.max_message_bytes,
+                max_subscriptions: s.max_subscriptions,
+                max_frames_per_send: s.max_frames_per_send,
+                max_batch: s.max_batch,
             },
-        });
-        match value {
-            serde_json::Value::Object(map) => map,
-            _ => Default::default(),
         }
+        .encode()
     }
 
     async fn attach(&self, request: Attach) -> Result<Attached<Feed>, Rejection> {
@@ -275,40 +264,29 @@ impl<S: Store> Port for Gateway<S> {
     }
 
     async fn upstream(&self, session: &str, bytes: &[u8]) -> Bytes {
-        let upstream = match frame::parse(bytes) {
+        let upstream = match Upstream::parse(bytes) {
             Ok(upstream) => upstream,
-            Err((id, err)) => return frame::error(id.as_deref(), &err),
+            Err(refused) => return Error::from(refused.error).frame(refused.id.as_deref()),
         };
         match self.load(session).await {
             Ok((id, record)) => self.apply(&id, &record, upstream).await,
-            Err(err) => frame::error(Some(&upstream.id), &err),
+            Err(err) => err.frame(Some(upstream.id())),
         }
     }
 
     async fn send(&self, session: &str, body: &[u8]) -> Result<Bytes, Rejection> {
-        let value: Box<RawValue> = serde_json::from_slice(body).map_err(|e| CoreError::MalformedJson(e.to_string()))?;
-        let frames: Vec<&RawValue> = if value.get().trim_start().starts_with('[') {
-            serde_json::from_str(value.get()).map_err(|e| CoreError::InvalidFrame(e.to_string()))?
-        } else {
-            vec![&value]
-        };
-        if frames.len() > self.0.config.max_frames_per_send {
-            return Err(CoreError::TooManyFrames(self.0.config.max_frames_per_send).into());
-        }
-        let (id, record) = self.load(session).await?;
-        let mut out = BytesMut::new();
-        out.put_u8(b'[');
-        for (i, raw) in frames.into_iter().enumerate() {
-            if i > 0 {
-                out.put_u8(b',');
-            }
-            let reply = match frame::parse_value(raw) {
-                Ok(upstream) => self.apply(&id, &record, upstream).await,
-                Err((frame_id, err)) => frame::error(frame_id.as_deref(), &err),
-            };
-            out.put_slice(&reply);
-        }
-        out.put_u8(b']');
-        Ok(out.freeze())
+        self.send_frames(session, body).await.map_err(Rejection::from)
+    }
+
+    fn poll_response(&self, session: &str, position: &str, frames: &[Bytes]) -> Bytes {
+        protocol::poll_response(&self.0.node, session, position, frames)
+    }
+
+    fn heartbeat(&self) -> Bytes {
+        Downstream::Heartbeat.encode()
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Rejection {
+        Error::from(refusal).rejection()
     }
 }

@@ -9,19 +9,18 @@
 //! the last one leaving asks it to unsubscribe. Both go through one queue, so they reach the store in order.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
-
 use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::channel::{ChannelName, Message};
-use crate::session::SessionId;
+use crate::model::{ChannelName, SessionId};
+use crate::protocol::Message;
 
 /// What a feed can listen to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -1,7 +1,7 @@
 //! The `stickless` binary: reads the configuration, sets up logging and runs one node.
 
 use clap::Parser;
-use stickless::config::Config;
+use stickless::Config;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]

@@ -1,4 +1,6 @@
-//! One suite, two stores: the in-memory store and the Redis store must behave the same.
+//! One suite, two stores: every case runs as its own named test against the in-memory store and against the
+//! Redis store on a real redis-server, so one failure does not hide the others. The resume rule's table
+//! (`recovery::RESUME_CASES`) runs here against the Redis read script; the memory store calls the rule itself.
 
 mod common;
 
@@ -7,13 +9,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
-use stickless::channel::{ChannelName, Cursor, Epoch};
-use stickless::frame::GapReason;
 use stickless::hub::{Hub, Live, Topic};
-use stickless::session::{SessionId, SessionRecord};
-use stickless::store::memory::MemoryStore;
+use stickless::model::{now_ms, ChannelName, Cursor, Epoch, GapReason, SessionId, SessionRecord};
+use stickless::recovery::RESUME_CASES;
 use stickless::store::redis::RedisStore;
-use stickless::store::{now_ms, Retention, Store, StoreError};
+use stickless::store::{ChannelLog, Retention, Store, StoreError};
 
 fn retention() -> Retention {
     Retention {
@@ -45,42 +45,56 @@ async fn offsets_after<S: Store>(
     (h.gap, h.messages.iter().map(|m| m.offset).collect())
 }
 
-async fn contract<S: Store>(store: Arc<S>, hub: Arc<Hub>) {
-    // Offsets count from 1 within one epoch; reads resume after a cursor.
+async fn offsets_count_from_one_and_reads_resume_after_a_cursor<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     let c = ch("contract.log");
     let start = store.top(&c).await.unwrap();
     assert_eq!(start.offset, 0);
     for i in 1..=3 {
         assert_eq!(append(&*store, &c, i).await, Cursor::new(start.epoch.clone(), i));
     }
+    assert_eq!(store.top(&c).await.unwrap(), Cursor::new(start.epoch.clone(), 3));
     assert_eq!(offsets_after(&*store, &c, &start).await, (None, vec![1, 2, 3]));
     assert_eq!(offsets_after(&*store, &c, &Cursor::new(start.epoch.clone(), 2)).await, (None, vec![3]));
     let h = store.read(&c, &start, 2).await.unwrap();
     assert_eq!(h.messages.len(), 2, "limit holds");
     assert!(std::str::from_utf8(&h.messages[0].frame).unwrap().contains(r#""data":{"i":1}"#));
+}
 
-    // Size bound: history keeps 5; an older cursor gets a `trimmed` gap, then what is kept.
-    for i in 4..=8 {
+async fn history_keeps_history_size_and_tells_a_trimmed_gap<S: Store>(store: Arc<S>, _: Arc<Hub>) {
+    let c = ch("contract.size");
+    let start = store.top(&c).await.unwrap();
+    for i in 1..=8 {
         append(&*store, &c, i).await;
     }
     let (gap, offsets) = offsets_after(&*store, &c, &start).await;
     assert_eq!(gap, Some((Cursor::new(start.epoch.clone(), 3), GapReason::Trimmed)));
     assert_eq!(offsets, vec![4, 5, 6, 7, 8]);
+}
 
-    // Another epoch, or a cursor ahead of the log: an `epoch` gap from the oldest kept message.
-    let (gap, _) = offsets_after(&*store, &c, &Cursor::new(Epoch::parse("elsewhere").unwrap(), 4)).await;
+async fn another_epoch_or_a_cursor_ahead_gets_an_epoch_gap<S: Store>(store: Arc<S>, _: Arc<Hub>) {
+    let c = ch("contract.epoch");
+    let start = store.top(&c).await.unwrap();
+    for i in 1..=8 {
+        append(&*store, &c, i).await;
+    }
+    let (gap, offsets) = offsets_after(&*store, &c, &Cursor::new(Epoch::parse("elsewhere").unwrap(), 4)).await;
     assert_eq!(gap, Some((Cursor::new(start.epoch.clone(), 3), GapReason::Epoch)));
+    assert_eq!(offsets, vec![4, 5, 6, 7, 8]);
     let (gap, _) = offsets_after(&*store, &c, &Cursor::new(start.epoch.clone(), 99)).await;
     assert_eq!(gap.map(|g| g.1), Some(GapReason::Epoch));
+}
 
-    // Dedupe: the same key stores once and answers the first cursor.
+async fn a_dedupe_key_stores_once<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     let d = ch("contract.dedupe");
     let first = store.append(&d, &data(1), now_ms(), Some("k1")).await.unwrap();
     let again = store.append(&d, &data(1), now_ms(), Some("k1")).await.unwrap();
     assert_eq!(first, again);
     assert_eq!(store.top(&d).await.unwrap().offset, 1);
+    let other = store.append(&d, &data(2), now_ms(), Some("k2")).await.unwrap();
+    assert_eq!(other.offset, 2);
+}
 
-    // Age bound: a message older than history_ttl is gone once the log is trimmed.
+async fn messages_older_than_history_ttl_are_trimmed<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     let a = ch("contract.age");
     let a0 = store.top(&a).await.unwrap();
     append(&*store, &a, 1).await;
@@ -89,8 +103,9 @@ async fn contract<S: Store>(store: Arc<S>, hub: Arc<Hub>) {
     let (gap, offsets) = offsets_after(&*store, &a, &a0).await;
     assert_eq!(gap.map(|g| g.1), Some(GapReason::Trimmed));
     assert_eq!(offsets, vec![2]);
+}
 
-    // Live: a listener hears appends, in order.
+async fn live_listeners_hear_appends_in_order<S: Store>(store: Arc<S>, hub: Arc<Hub>) {
     let l = ch("contract.live");
     let mut listener = hub.listen(Topic::Channel(l.clone()));
     assert!(listener.ready(Duration::from_secs(5)).await);
@@ -103,15 +118,16 @@ async fn contract<S: Store>(store: Arc<S>, hub: Arc<Hub>) {
             Ok(None) | Err(_) => panic!("expected live message {expected}, got nothing"),
         }
     }
+}
 
-    // Sessions: subscriptions are idempotent and bounded; presence lists public ids; sessions expire.
+async fn subscriptions_are_idempotent_and_bounded<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     let id = SessionId::random();
     let record = SessionRecord::new();
     store.create_session(&id, &record).await.unwrap();
     let s = ch("contract.room");
-    let at = Cursor::new(start.epoch.clone(), 7);
+    let at = Cursor::new(Epoch::parse("e1").unwrap(), 7);
     assert_eq!(store.subscribe(&id, &record.pid, &s, &at, 2).await.unwrap(), Some(at.clone()));
-    let later = Cursor::new(start.epoch.clone(), 9);
+    let later = Cursor::new(at.epoch.clone(), 9);
     assert_eq!(store.subscribe(&id, &record.pid, &s, &later, 2).await.unwrap(), Some(at.clone()), "kept");
     store.subscribe(&id, &record.pid, &ch("contract.two"), &at, 2).await.unwrap();
     let err = store.subscribe(&id, &record.pid, &ch("contract.three"), &at, 2).await.unwrap_err();
@@ -119,27 +135,101 @@ async fn contract<S: Store>(store: Arc<S>, hub: Arc<Hub>) {
     let loaded = store.load_session(&id).await.unwrap().expect("session exists");
     assert_eq!(loaded.pid, record.pid);
     assert_eq!(loaded.subscriptions.get(&s), Some(&at));
+    store.unsubscribe(&id, &record.pid, &s).await.unwrap();
+    assert!(!store.load_session(&id).await.unwrap().unwrap().subscriptions.contains_key(&s));
+    store.subscribe(&id, &record.pid, &ch("contract.three"), &at, 2).await.expect("room under the cap again");
+}
+
+async fn presence_lists_public_ids<S: Store>(store: Arc<S>, _: Arc<Hub>) {
+    let id = SessionId::random();
+    let record = SessionRecord::new();
+    store.create_session(&id, &record).await.unwrap();
+    let s = ch("contract.present");
+    assert!(store.presence(&s).await.unwrap().is_empty());
+    let at = store.top(&s).await.unwrap();
+    store.subscribe(&id, &record.pid, &s, &at, 8).await.unwrap();
     assert_eq!(store.presence(&s).await.unwrap(), vec![record.pid.clone()]);
     store.unsubscribe(&id, &record.pid, &s).await.unwrap();
     assert!(store.presence(&s).await.unwrap().is_empty());
-    assert!(!store.load_session(&id).await.unwrap().unwrap().subscriptions.contains_key(&s));
+}
+
+async fn sessions_expire_after_their_ttl<S: Store>(store: Arc<S>, _: Arc<Hub>) {
+    let id = SessionId::random();
+    let record = SessionRecord::new();
+    store.create_session(&id, &record).await.unwrap();
+    assert!(store.touch_session(&id, &record).await.unwrap());
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(store.load_session(&id).await.unwrap(), None, "expired after its TTL");
     assert!(!store.touch_session(&id, &record).await.unwrap());
-    assert_eq!(store.subscribe(&id, &record.pid, &s, &at, 2).await.unwrap(), None);
+    let at = Cursor::new(Epoch::parse("e1").unwrap(), 0);
+    assert_eq!(store.subscribe(&id, &record.pid, &ch("contract.late"), &at, 2).await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn memory_store_keeps_the_contract() {
-    let hub = Hub::local();
-    let store = MemoryStore::new(retention(), hub.clone());
-    contract(store, hub).await;
+/// Runs each case as `memory::<case>` and `redis::<case>`.
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let hub = stickless::hub::Hub::local();
+                    super::$case(stickless::store::memory::MemoryStore::new(super::retention(), hub.clone()), hub).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let redis = crate::common::Redis::start(&[]).await;
+                    let (store, hub) = super::redis_store(&redis, "contract").await;
+                    super::$case(store, hub).await;
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test]
-async fn redis_store_keeps_the_contract() {
-    let redis = common::Redis::start(&[]).await;
+contract!(
+    offsets_count_from_one_and_reads_resume_after_a_cursor,
+    history_keeps_history_size_and_tells_a_trimmed_gap,
+    another_epoch_or_a_cursor_ahead_gets_an_epoch_gap,
+    a_dedupe_key_stores_once,
+    messages_older_than_history_ttl_are_trimmed,
+    live_listeners_hear_appends_in_order,
+    subscriptions_are_idempotent_and_bounded,
+    presence_lists_public_ids,
+    sessions_expire_after_their_ttl,
+);
+
+async fn redis_store(redis: &common::Redis, prefix: &str) -> (Arc<RedisStore>, Arc<Hub>) {
     let (hub, commands) = Hub::with_listener();
-    let store = RedisStore::connect(&redis.url(), "contract", retention(), hub.clone(), commands).await.unwrap();
-    contract(store, hub).await;
+    let store = RedisStore::connect(&redis.url(), prefix, retention(), hub.clone(), commands).await.unwrap();
+    (store, hub)
+}
+
+/// Every case of the resume rule, against `read.lua` on a real redis-server: the log is written straight into
+/// Redis (meta hash and stream, as docs/ARCHITECTURE.md lays them out), then read through the store.
+#[tokio::test]
+async fn redis_read_script_passes_the_resume_table() {
+    let redis = common::Redis::start(&[]).await;
+    let (store, _hub) = redis_store(&redis, "resume").await;
+    let ts = now_ms().to_string();
+    for (i, case) in RESUME_CASES.iter().enumerate() {
+        let channel = ch(&format!("resume.{i}"));
+        let top = case.top.to_string();
+        redis.cli(&["HSET", &format!("resume:{{{channel}}}:m"), "e", case.log_epoch, "t", &top]).unwrap();
+        for offset in case.first..=case.top {
+            let id = format!("{offset}-0");
+            redis.cli(&["XADD", &format!("resume:{{{channel}}}:h"), &id, "t", &ts, "d", &offset.to_string()]).unwrap();
+        }
+        let after = Cursor::new(Epoch::parse(case.after_epoch).unwrap(), case.after);
+        let history = store.read(&channel, &after, 100).await.unwrap();
+        let log_epoch = Epoch::parse(case.log_epoch).unwrap();
+        let expected_gap = case.expected.gap.map(|reason| (Cursor::new(log_epoch, case.expected.after), reason));
+        assert_eq!(history.gap, expected_gap, "{}: gap", case.name);
+        let offsets: Vec<u64> = history.messages.iter().map(|m| m.offset).collect();
+        let expected: Vec<u64> = (case.expected.after + 1..=case.top).collect();
+        assert_eq!(offsets, expected, "{}: messages", case.name);
+    }
 }

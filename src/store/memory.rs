@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
-use super::{History, Retention, Store, StoreError};
-use crate::channel::{ChannelName, Cursor, Epoch, Message};
-use crate::frame::GapReason;
+use super::{ChannelLog, History, Presence, Retention, Sessions, StoreError};
 use crate::hub::{Hub, Live, Topic};
-use crate::session::{SessionId, SessionRecord};
+use crate::model::{now_ms, ChannelName, Cursor, Epoch, SessionId, SessionRecord};
+use crate::protocol::Message;
+use crate::recovery::{resume, LogBounds};
 
 /// The most dedupe records a channel keeps, whatever their age, so a flood of unique ids stays bounded.
 const MAX_DEDUPE_PER_CHANNEL: usize = 100_000;
@@ -129,7 +129,7 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
+impl ChannelLog for MemoryStore {
     async fn append(
         &self,
         channel: &ChannelName,
@@ -165,15 +165,9 @@ impl Store for MemoryStore {
         Ok(self.with_log(channel, |log| {
             log.trim(&self.retention, Instant::now());
             let first = log.first();
-            let gap = if after.epoch != log.epoch || after.offset > log.top {
-                Some((Cursor::new(log.epoch.clone(), first - 1), GapReason::Epoch))
-            } else if after.offset + 1 < first {
-                Some((Cursor::new(log.epoch.clone(), first - 1), GapReason::Trimmed))
-            } else {
-                None
-            };
-            let from = gap.as_ref().map_or(after.offset, |(c, _)| c.offset) + 1;
-            let skip = (from - first) as usize;
+            let from = resume(after, LogBounds { epoch: &log.epoch, first, top: log.top });
+            let gap = from.gap.map(|reason| (Cursor::new(log.epoch.clone(), from.after), reason));
+            let skip = (from.after + 1 - first) as usize;
             let messages = log.entries.iter().skip(skip).take(limit).map(|(_, m)| m.clone()).collect();
             History { gap, messages }
         }))
@@ -182,7 +176,9 @@ impl Store for MemoryStore {
     async fn top(&self, channel: &ChannelName) -> Result<Cursor, StoreError> {
         Ok(self.with_log(channel, |log| Cursor::new(log.epoch.clone(), log.top)))
     }
+}
 
+impl Sessions for MemoryStore {
     async fn create_session(&self, id: &SessionId, record: &SessionRecord) -> Result<(), StoreError> {
         let expires = Instant::now() + self.retention.session_ttl;
         self.lock_sessions().insert(id.clone(), (record.clone(), expires));
@@ -206,7 +202,7 @@ impl Store for MemoryStore {
         match self.lock_sessions().get_mut(id) {
             Some((stored, at)) if *at > Instant::now() => {
                 *at = expires;
-                stored.presence_at = super::now_ms();
+                stored.presence_at = now_ms();
             }
             _ => return Ok(false),
         }
@@ -253,6 +249,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn notify_session(&self, id: &SessionId) -> Result<(), StoreError> {
+        self.hub.deliver(&Topic::Session(id.clone()), Live::SessionChanged);
+        Ok(())
+    }
+}
+
+impl Presence for MemoryStore {
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<String>, StoreError> {
         let now = Instant::now();
         // Read-only: asking about a channel nobody uses must not create it.
@@ -264,10 +267,5 @@ impl Store for MemoryStore {
             pids.sort();
             pids
         }))
-    }
-
-    async fn notify_session(&self, id: &SessionId) -> Result<(), StoreError> {
-        self.hub.deliver(&Topic::Session(id.clone()), Live::SessionChanged);
-        Ok(())
     }
 }

@@ -1,8 +1,10 @@
-//! The store: channel logs, sessions, dedupe records and presence, behind one trait with two implementations.
+//! The store: what must outlive a request. Three small traits, one per concern, each implemented by both
+//! backends: [`ChannelLog`] (offset-numbered history), [`Sessions`] (subscriptions and their cursors) and
+//! [`Presence`] (who is subscribed now).
 //!
 //! [`memory::MemoryStore`] serves a single node; [`redis::RedisStore`] keeps everything in Redis so that any node
-//! can serve any request. Both also wake this node's [`Hub`](crate::hub::Hub) when a message is stored, and both
-//! pass the same test suite (`tests/store_contract.rs`).
+//! can serve any request. Both wake this node's [`Hub`](crate::hub::Hub) when a message is stored, and both
+//! pass the same named cases (`tests/store_contract.rs`).
 
 pub mod memory;
 pub mod redis;
@@ -13,9 +15,8 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use crate::channel::{ChannelName, Cursor, Message};
-use crate::frame::GapReason;
-use crate::session::{SessionId, SessionRecord};
+use crate::model::{ChannelName, Cursor, GapReason, SessionId, SessionRecord};
+use crate::protocol::Message;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -38,17 +39,6 @@ pub struct Retention {
     pub dedupe_ttl: Duration,
 }
 
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            history_size: 1000,
-            history_ttl: Duration::from_secs(3600),
-            session_ttl: Duration::from_secs(60),
-            dedupe_ttl: Duration::from_secs(300),
-        }
-    }
-}
-
 /// A read from a channel's log.
 #[derive(Debug)]
 pub struct History {
@@ -58,8 +48,8 @@ pub struct History {
     pub messages: Vec<Arc<Message>>,
 }
 
-/// Everything the core keeps. Reads never block on live delivery; `append` also wakes live listeners.
-pub trait Store: Send + Sync + 'static {
+/// Channels' logs: append, read after a cursor, and the newest cursor. Appends also wake live listeners.
+pub trait ChannelLog: Send + Sync + 'static {
     /// Appends `data` and answers only once it is stored. With a `dedupe` key seen within `dedupe_ttl`, stores
     /// nothing and answers with the first append's cursor.
     fn append(
@@ -70,8 +60,7 @@ pub trait Store: Send + Sync + 'static {
         dedupe: Option<&str>,
     ) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
 
-    /// The messages after `after`, at most `limit`. When `after` is of another epoch, ahead of the log, or
-    /// older than the oldest kept message, the answer has a gap: the cursor delivery resumes from.
+    /// The messages after `after`, at most `limit`, where [`crate::recovery::resume`] says they start.
     fn read(
         &self,
         channel: &ChannelName,
@@ -81,7 +70,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The cursor of the newest message (offset 0 when there is none), creating the log's epoch if needed.
     fn top(&self, channel: &ChannelName) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
+}
 
+/// Sessions: their subscriptions (with the cursor each started from), TTLs, and change notifications.
+pub trait Sessions: Send + Sync + 'static {
     fn create_session(
         &self,
         id: &SessionId,
@@ -99,8 +91,8 @@ pub trait Store: Send + Sync + 'static {
         record: &SessionRecord,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Adds a subscription starting after `cursor`, unless there is one: answers with the cursor in force.
-    /// `None` when the session has expired.
+    /// Adds a subscription starting after `cursor`, unless there is one: answers with the cursor in force, and
+    /// marks the session present on the channel. `None` when the session has expired.
     fn subscribe(
         &self,
         id: &SessionId,
@@ -117,14 +109,18 @@ pub trait Store: Send + Sync + 'static {
         channel: &ChannelName,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The public ids of the sessions subscribed to `channel` now, on every node.
-    fn presence(&self, channel: &ChannelName) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
-
     /// Tells every node's live feeds of this session that its subscriptions changed.
     fn notify_session(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// Milliseconds since 1970, the `ts` of a message.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+/// Who is subscribed to a channel now, on every node. Entries are written by [`Sessions::subscribe`] and
+/// [`Sessions::touch_session`] and expire with the session.
+pub trait Presence: Send + Sync + 'static {
+    /// The public ids of the sessions subscribed to `channel` now.
+    fn presence(&self, channel: &ChannelName) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
+
+/// Everything the gateway needs from a backend.
+pub trait Store: ChannelLog + Sessions + Presence {}
+
+impl<T: ChannelLog + Sessions + Presence> Store for T {}

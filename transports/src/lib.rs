@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use port::{Attach, Attached, Fault, Outbound, Port, Rejection};
+pub use port::{Attach, Attached, Outbound, Port, Refusal, Rejection};
 
 /// The transports this crate knows, in the order a client should try them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,7 +78,8 @@ impl Transport {
     }
 }
 
-/// Framing parameters: how often to heartbeat, how long to hold a poll, what sizes to accept.
+/// Framing parameters: how often to heartbeat, how long to hold a poll, what sizes to accept. (The core's
+/// settings fill it in; their defaults live there.)
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     pub enabled: Vec<Transport>,
@@ -92,23 +93,6 @@ pub struct TransportConfig {
     pub max_connections: usize,
     /// Origins allowed to open a WebSocket; empty allows any (CORS does not cover WebSocket).
     pub allowed_origins: Vec<String>,
-    /// Size of the initial SSE padding comment that makes buffering proxies flush.
-    pub sse_padding: usize,
-}
-
-impl Default for TransportConfig {
-    fn default() -> Self {
-        TransportConfig {
-            enabled: Transport::ALL.to_vec(),
-            heartbeat: Duration::from_secs(15),
-            poll_timeout: Duration::from_secs(25),
-            max_message_bytes: 64 * 1024,
-            max_batch: 100,
-            max_connections: 100_000,
-            allowed_origins: Vec::new(),
-            sse_padding: 2048,
-        }
-    }
 }
 
 /// State shared by every transport handler.
@@ -132,10 +116,10 @@ impl<P: Clone> Clone for Shared<P> {
     }
 }
 
-impl<P> Shared<P> {
+impl<P: Port> Shared<P> {
     /// Takes a slot for one live connection, held for as long as the connection is open.
     fn admit(&self) -> Result<OwnedSemaphorePermit, Rejection> {
-        self.connections.clone().try_acquire_owned().map_err(|_| error::rejections::over_capacity())
+        self.connections.clone().try_acquire_owned().map_err(|_| self.port.refuse(Refusal::OverCapacity))
     }
 }
 
@@ -163,7 +147,8 @@ pub fn router<P: Port>(port: P, config: TransportConfig, lifecycle: Lifecycle) -
         let route = if shared.config.enabled.contains(&transport) {
             transport.route::<P>()
         } else {
-            any(move || async move { error::rejections::transport_disabled(transport.name()) })
+            let refused = shared.port.refuse(Refusal::TransportDisabled(transport));
+            any(move || async move { refused })
         };
         router = router.route(transport.path(), route);
     }
@@ -171,21 +156,7 @@ pub fn router<P: Port>(port: P, config: TransportConfig, lifecycle: Lifecycle) -
 }
 
 async fn negotiate<P: Port>(State(shared): State<Shared<P>>) -> Response {
-    let config = &shared.config;
-    let mut body = shared.port.describe();
-    let transports: Vec<_> =
-        config.enabled.iter().map(|t| serde_json::json!({ "name": t.name(), "path": t.path() })).collect();
-    body.insert("version".into(), 1.into());
-    body.insert("node".into(), shared.port.node().into());
-    body.insert("transports".into(), transports.into());
-    body.insert("heartbeat_ms".into(), (config.heartbeat.as_millis() as u64).into());
-    body.insert("poll_timeout_ms".into(), (config.poll_timeout.as_millis() as u64).into());
-    let limits = body.entry("limits").or_insert_with(|| serde_json::Value::Object(Default::default()));
-    if let Some(limits) = limits.as_object_mut() {
-        limits.insert("max_message_bytes".into(), config.max_message_bytes.into());
-        limits.insert("max_batch".into(), config.max_batch.into());
-    }
-    json_response(serde_json::Value::Object(body).to_string())
+    json_response(shared.port.negotiate(&shared.config.enabled, shared.config.poll_timeout))
 }
 
 /// The query every attach endpoint accepts.
@@ -211,14 +182,14 @@ impl AttachQuery {
 /// `Query<AttachQuery>` whose rejection is our JSON error rather than axum's plain text.
 pub(crate) struct AttachParams(AttachQuery);
 
-impl<S: Send + Sync> FromRequestParts<S> for AttachParams {
+impl<P: Port> FromRequestParts<Shared<P>> for AttachParams {
     type Rejection = Rejection;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<AttachQuery>::from_request_parts(parts, state)
+    async fn from_request_parts(parts: &mut Parts, shared: &Shared<P>) -> Result<Self, Self::Rejection> {
+        Query::<AttachQuery>::from_request_parts(parts, shared)
             .await
             .map(|Query(q)| AttachParams(q))
-            .map_err(error::rejections::bad_query)
+            .map_err(|err| shared.port.refuse(Refusal::BadQuery(err.body_text())))
     }
 }
 

@@ -1,11 +1,11 @@
 //! Long-polling: `GET /v1/poll` holds the request until frames are ready or the poll timeout passes.
 //!
 //! The request carries the session and position, so nothing is kept between polls and the next one may go to
-//! any node. The response is spliced from the frames' shared bytes rather than re-serialized.
+//! any node. The core encodes the answer around the frames' shared bytes.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 
 use crate::{json_response, AttachParams, Port, Shared, Transport};
@@ -44,37 +44,5 @@ pub(crate) async fn poll<P: Port>(State(shared): State<Shared<P>>, AttachParams(
             next = feed.next().now_or_never().flatten();
         }
     }
-    json_response(encode(shared.port.node(), &attached.session, &position, &frames))
-}
-
-fn encode(node: &str, session: &str, position: &str, frames: &[Bytes]) -> Bytes {
-    let head = serde_json::json!({ "node": node, "session": session, "position": position }).to_string();
-    let size = head.len() + frames.iter().map(|f| f.len() + 1).sum::<usize>() + 16;
-    let mut out = BytesMut::with_capacity(size);
-    out.put_slice(&head.as_bytes()[..head.len() - 1]);
-    out.put_slice(b",\"frames\":[");
-    for (i, frame) in frames.iter().enumerate() {
-        if i > 0 {
-            out.put_u8(b',');
-        }
-        out.put_slice(frame);
-    }
-    out.put_slice(b"]}");
-    out.freeze()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splices_frames_into_valid_json() {
-        let frames = [Bytes::from_static(br#"{"type":"heartbeat"}"#), Bytes::from_static(br#"{"a":1}"#)];
-        let body = encode("n1", "s", "c@e@1", &frames);
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["frames"].as_array().unwrap().len(), 2);
-        assert_eq!(v["position"], "c@e@1");
-        let empty: serde_json::Value = serde_json::from_slice(&encode("n1", "s", "", &[])).unwrap();
-        assert_eq!(empty["frames"], serde_json::json!([]));
-    }
+    json_response(shared.port.poll_response(&attached.session, &position, &frames))
 }

@@ -5,9 +5,13 @@
 //! so a transport never parses or builds protocol frames and the core never sees HTTP.
 
 use std::future::Future;
+use std::time::Duration;
 
+use axum::http::StatusCode;
 use bytes::Bytes;
 use futures_util::Stream;
+
+use crate::Transport;
 
 /// What a client asks for when it attaches over any transport.
 #[derive(Debug, Clone, Default)]
@@ -45,30 +49,41 @@ pub struct Outbound {
     pub position: Option<String>,
 }
 
-/// Why the core refused a request; transports turn it into an HTTP status or a WebSocket close code.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A refused request, already worded and encoded by the core; a transport only picks how to tell it.
+#[derive(Debug, Clone)]
 pub struct Rejection {
-    pub kind: Fault,
-    /// A stable, documented code (`session_unknown`, `invalid_position`, ...).
+    /// The stable code (`session_unknown`), used as a WebSocket close reason.
     pub code: &'static str,
-    pub message: String,
+    /// The HTTP status of a refused request.
+    pub status: StatusCode,
+    /// The close code when the refusal ends a WebSocket.
+    pub close_code: u16,
+    /// The HTTP body, `{"error":{"code","message"}}`.
+    pub body: Bytes,
+    /// The `error` frame, for a connection that is already open.
+    pub frame: Bytes,
 }
 
-/// The class of a rejection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    BadRequest,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    TooLarge,
-    Unavailable,
-}
-
-impl Rejection {
-    pub fn new(kind: Fault, code: &'static str, message: impl Into<String>) -> Self {
-        Rejection { kind, code, message: message.into() }
-    }
+/// What the transports refuse on their own, before the core is asked; the core words it ([`Port::refuse`]).
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    TransportDisabled(Transport),
+    /// This node's live-connection limit is reached.
+    OverCapacity,
+    /// The query string does not parse.
+    BadQuery(String),
+    /// A body that could not be read.
+    BadBody(String),
+    /// A body over `max_message_bytes`.
+    BodyTooLarge,
+    /// A request that needs `session` came without it.
+    MissingSession,
+    /// A WebSocket from an Origin not in `allowed_origins`.
+    ForbiddenOrigin,
+    /// A binary WebSocket message: frames are text.
+    BinaryMessage,
+    /// The server failed on this request (a caught panic).
+    Internal,
 }
 
 /// The session core as the transports see it.
@@ -79,8 +94,8 @@ pub trait Port: Clone + Send + Sync + 'static {
     /// The node's name, shown to clients so they can see which node served them.
     fn node(&self) -> &str;
 
-    /// Session parameters for `/v1/negotiate` (heartbeat, TTL, limits), as a JSON object.
-    fn describe(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// The `/v1/negotiate` body: the `enabled` transports, the poll timeout, and the core's session parameters.
+    fn negotiate(&self, enabled: &[Transport], poll_timeout: Duration) -> Bytes;
 
     /// Attaches a connection to a session (creating one when none is named).
     fn attach(&self, request: Attach) -> impl Future<Output = Result<Attached<Self::Feed>, Rejection>> + Send;
@@ -90,4 +105,13 @@ pub trait Port: Clone + Send + Sync + 'static {
 
     /// Applies a `POST /v1/send` body (one frame or an array); answers with the JSON array of replies.
     fn send(&self, session: &str, body: &[u8]) -> impl Future<Output = Result<Bytes, Rejection>> + Send;
+
+    /// A long-poll answer carrying `frames`, after which the client resumes from `position`.
+    fn poll_response(&self, session: &str, position: &str, frames: &[Bytes]) -> Bytes;
+
+    /// The `heartbeat` frame (WebSocket; browsers cannot see pings).
+    fn heartbeat(&self) -> Bytes;
+
+    /// Words a refusal of the transports' own.
+    fn refuse(&self, refusal: Refusal) -> Rejection;
 }

@@ -3,33 +3,28 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::rejections;
-use crate::{json_response, AttachParams, Fault, Port, Rejection, Shared};
+use crate::{json_response, AttachParams, Port, Refusal, Shared};
 
 pub(crate) async fn send<P: Port>(
     State(shared): State<Shared<P>>,
     AttachParams(query): AttachParams,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let refuse = |refusal| shared.port.refuse(refusal).into_response();
     let body = match body {
-        Ok(body) => body,
-        Err(err) => return rejections::body(err).into_response(),
+        Ok(body) if body.len() <= shared.config.max_message_bytes => body,
+        Ok(_) => return refuse(Refusal::BodyTooLarge),
+        Err(err) if err.status() == StatusCode::PAYLOAD_TOO_LARGE => return refuse(Refusal::BodyTooLarge),
+        Err(err) => return refuse(Refusal::BadBody(err.body_text())),
     };
-    if body.len() > shared.config.max_message_bytes {
-        return too_large().into_response();
-    }
     let Some(session) = query.session.filter(|s| !s.is_empty()) else {
-        return Rejection::new(Fault::BadRequest, "invalid_frame", "`session` query parameter is required")
-            .into_response();
+        return refuse(Refusal::MissingSession);
     };
     match shared.port.send(&session, &body).await {
         Ok(replies) => json_response(replies),
         Err(rejection) => rejection.into_response(),
     }
-}
-
-fn too_large() -> Rejection {
-    Rejection::new(Fault::TooLarge, "payload_too_large", "the request body is over max_message_bytes")
 }

@@ -10,7 +10,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use crate::{AttachParams, Fault, Port, Shared, Transport};
+use crate::{AttachParams, Port, Shared, Transport};
+
+/// Size of the padding comment that opens every stream, so buffering proxies flush it at once.
+const PADDING: usize = 2048;
 
 pub(crate) async fn attach<P: Port>(
     State(shared): State<Shared<P>>,
@@ -36,7 +39,7 @@ pub(crate) async fn attach<P: Port>(
     }
     let mut attach = query.into_attach(Transport::Sse, true);
     let mut attached = shared.port.attach(attach.clone()).await;
-    if session_from_header && matches!(&attached, Err(r) if r.kind == Fault::NotFound) {
+    if session_from_header && matches!(&attached, Err(r) if r.status == StatusCode::NOT_FOUND) {
         // A browser's own reconnect after its session expired: a 404 would end the EventSource for good, so start
         // a new session; its `channels` resume from the position in Last-Event-ID, or get a gap.
         attach.session = None;
@@ -47,7 +50,7 @@ pub(crate) async fn attach<P: Port>(
         Err(rejection) => return rejection.into_response(),
     };
     let heartbeat = shared.config.heartbeat;
-    let padding = padding(shared.config.sse_padding);
+    let padding = padding(PADDING);
     let shutdown = shared.shutdown.clone();
     let session = attached.session;
     let mut feed = attached.feed;

@@ -5,14 +5,13 @@
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::error::rejections;
-use crate::{AttachParams, Attached, Fault, Port, Rejection, Shared, Transport};
+use crate::{AttachParams, Attached, Port, Refusal, Rejection, Shared, Transport};
 
 /// Close codes (RFC 6455 section 7.4.1).
 mod close {
@@ -20,6 +19,7 @@ mod close {
     pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
 }
 
 pub(crate) async fn attach<P: Port>(
@@ -29,7 +29,7 @@ pub(crate) async fn attach<P: Port>(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if !origin_allowed(&shared.config.allowed_origins, &headers) {
-        return rejections::forbidden_origin().into_response();
+        return shared.port.refuse(Refusal::ForbiddenOrigin).into_response();
     }
     let permit = match shared.admit() {
         Ok(permit) => permit,
@@ -38,7 +38,7 @@ pub(crate) async fn attach<P: Port>(
     // A browser cannot read the body of a refused upgrade, so a session fault is told inside the socket.
     let attached = match shared.port.attach(query.into_attach(Transport::WebSocket, false)).await {
         Ok(attached) => Ok(attached),
-        Err(rejection) if rejection.kind == Fault::NotFound => Err(rejection),
+        Err(rejection) if rejection.status == StatusCode::NOT_FOUND => Err(rejection),
         Err(rejection) => return rejection.into_response(),
     };
     let config = &shared.config;
@@ -86,14 +86,14 @@ async fn run<P: Port>(
                     let reply = shared.port.upstream(&session, frame.as_bytes()).await;
                     socket.send(text(reply)).await
                 }
-                Some(Ok(Message::Binary(_))) => socket.send(text(error_frame("binary_unsupported", "send frames as text messages"))).await,
+                Some(Ok(Message::Binary(_))) => socket.send(text(shared.port.refuse(Refusal::BinaryMessage).frame)).await,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 Some(Ok(Message::Close(_))) | None => break None,
                 Some(Err(err)) => break close_for(err),
             },
             _ = ticks.tick() => match socket.send(Message::Ping(Bytes::new())).await {
                 // Browsers cannot see pings from JavaScript, so a frame tells the client's silence timer too.
-                Ok(()) => socket.send(text(Bytes::from_static(br#"{"type":"heartbeat"}"#))).await,
+                Ok(()) => socket.send(text(shared.port.heartbeat())).await,
                 Err(err) => Err(err),
             },
             _ = shared.shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
@@ -107,11 +107,11 @@ async fn run<P: Port>(
     }
 }
 
-/// Tells the client why its session cannot be served, then closes with 1008.
+/// Tells the client why its session cannot be served, then closes with the refusal's close code.
 async fn refuse(mut socket: WebSocket, rejection: Rejection) {
-    let _ = socket.send(text(error_frame(rejection.code, &rejection.message))).await;
-    let reason: Utf8Bytes = rejection.code.into();
-    let _ = socket.send(Message::Close(Some(CloseFrame { code: close::POLICY, reason }))).await;
+    let _ = socket.send(text(rejection.frame)).await;
+    let close = CloseFrame { code: rejection.close_code, reason: Utf8Bytes::from_static(rejection.code) };
+    let _ = socket.send(Message::Close(Some(close))).await;
 }
 
 /// Maps a read error to the close code the client should see.
@@ -124,17 +124,12 @@ fn close_for(err: axum::Error) -> Option<(u16, &'static str)> {
     }
 }
 
-fn error_frame(code: &str, message: &str) -> Bytes {
-    serde_json::json!({ "type": "error", "id": null, "code": code, "message": message }).to_string().into()
-}
-
 fn text(frame: Bytes) -> Message {
-    // Frames come from serde_json, which only writes UTF-8; the check is a scan, not a copy.
+    // Frames come from the core's protocol module, which only writes UTF-8 (serde_json); the check is a scan,
+    // not a copy, and a frame that failed it would be a bug there: the connection ends rather than send it.
     match Utf8Bytes::try_from(frame) {
         Ok(text) => Message::Text(text),
-        Err(_) => Message::Text(Utf8Bytes::from_static(
-            r#"{"type":"error","id":null,"code":"internal","message":"frame was not UTF-8"}"#,
-        )),
+        Err(_) => Message::Close(Some(CloseFrame { code: close::INTERNAL, reason: "frame was not UTF-8".into() })),
     }
 }
 

@@ -1,16 +1,11 @@
-//! Channels: validated names, epochs, cursors and the messages of a channel's log.
-//!
-//! A message is encoded into its `message` frame once, when it enters this node, and the bytes are shared by
-//! every connection that delivers it.
+//! Channels: validated names, epochs, cursors, and why a cursor can jump (a gap).
 
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
-use crate::error::CoreError;
+use super::ModelError;
 
 /// A channel name matching `[A-Za-z0-9_.:/-]{1,128}`; once built it cannot be invalid.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -19,14 +14,14 @@ pub struct ChannelName(Arc<str>);
 impl ChannelName {
     pub const MAX_LEN: usize = 128;
 
-    pub fn parse(name: &str) -> Result<Self, CoreError> {
+    pub fn parse(name: &str) -> Result<Self, ModelError> {
         let valid = !name.is_empty()
             && name.len() <= Self::MAX_LEN
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'));
         if valid {
             Ok(ChannelName(name.into()))
         } else {
-            Err(CoreError::InvalidChannel)
+            Err(ModelError::InvalidChannel)
         }
     }
 
@@ -48,15 +43,15 @@ pub struct Epoch(Arc<str>);
 impl Epoch {
     /// A fresh random epoch (64 bits, hex).
     pub fn random() -> Self {
-        Epoch(crate::random_hex(8).into())
+        Epoch(super::random_hex(8).into())
     }
 
     /// An epoch as read back from a client or a store: short, and free of the position separators.
-    pub fn parse(text: &str) -> Result<Self, CoreError> {
+    pub fn parse(text: &str) -> Result<Self, ModelError> {
         if !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric()) {
             Ok(Epoch(text.into()))
         } else {
-            Err(CoreError::InvalidPosition("bad epoch"))
+            Err(ModelError::InvalidPosition("bad epoch"))
         }
     }
 
@@ -84,36 +79,14 @@ impl Cursor {
     }
 }
 
-/// A stored message with its encoded `message` frame.
-#[derive(Debug)]
-pub struct Message {
-    pub channel: ChannelName,
-    pub epoch: Epoch,
-    pub offset: u64,
-    pub frame: Bytes,
-}
-
-impl Message {
-    /// Builds the message and encodes its frame.
-    pub fn new(channel: ChannelName, epoch: Epoch, offset: u64, ts: u64, data: &RawValue) -> Arc<Self> {
-        #[derive(Serialize)]
-        struct Frame<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            channel: &'a ChannelName,
-            epoch: &'a Epoch,
-            offset: u64,
-            ts: u64,
-            data: &'a RawValue,
-        }
-        let frame = serde_json::to_vec(&Frame { kind: "message", channel: &channel, epoch: &epoch, offset, ts, data })
-            .expect("a message frame always serializes");
-        Arc::new(Message { channel, epoch, offset, frame: frame.into() })
-    }
-
-    pub fn cursor(&self) -> Cursor {
-        Cursor::new(self.epoch.clone(), self.offset)
-    }
+/// Why delivery on a channel jumped past messages a client has not seen (a `gap` frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GapReason {
+    /// History no longer reaches back to the client's cursor.
+    Trimmed,
+    /// The log was reset: a new epoch.
+    Epoch,
 }
 
 #[cfg(test)]
@@ -132,12 +105,10 @@ mod tests {
     }
 
     #[test]
-    fn message_frame_is_encoded_once_with_raw_data() {
-        let data = RawValue::from_string(r#"{"text":"hi\nthere"}"#.into()).unwrap();
-        let m = Message::new(ChannelName::parse("chat").unwrap(), Epoch::parse("e1").unwrap(), 7, 5, &data);
-        assert_eq!(
-            std::str::from_utf8(&m.frame).unwrap(),
-            r#"{"type":"message","channel":"chat","epoch":"e1","offset":7,"ts":5,"data":{"text":"hi\nthere"}}"#
-        );
+    fn epochs_are_short_alphanumeric() {
+        assert_eq!(Epoch::random().as_str().len(), 16);
+        for bad in ["", "a-b", "a@b", &"e".repeat(65)] {
+            assert!(Epoch::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::channel::{ChannelName, Cursor, Epoch};
-use crate::error::CoreError;
+use super::{ChannelName, Cursor, Epoch, ModelError};
 
 /// Cursors by channel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -17,20 +16,20 @@ impl Position {
     /// The most channels one position may name.
     pub const MAX_CHANNELS: usize = 1024;
 
-    pub fn parse(text: &str) -> Result<Self, CoreError> {
+    pub fn parse(text: &str) -> Result<Self, ModelError> {
         let mut cursors = BTreeMap::new();
         for entry in text.split(',').filter(|e| !e.is_empty()) {
             if cursors.len() >= Self::MAX_CHANNELS {
-                return Err(CoreError::InvalidPosition("too many channels"));
+                return Err(ModelError::InvalidPosition("too many channels"));
             }
             let mut parts = entry.split('@');
             let (Some(channel), Some(epoch), Some(offset), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
             else {
-                return Err(CoreError::InvalidPosition("entries are channel@epoch@offset"));
+                return Err(ModelError::InvalidPosition("entries are channel@epoch@offset"));
             };
-            let channel = ChannelName::parse(channel).map_err(|_| CoreError::InvalidPosition("bad channel"))?;
-            let offset = offset.parse().map_err(|_| CoreError::InvalidPosition("bad offset"))?;
+            let channel = ChannelName::parse(channel).map_err(|_| ModelError::InvalidPosition("bad channel"))?;
+            let offset = offset.parse().map_err(|_| ModelError::InvalidPosition("bad offset"))?;
             cursors.insert(channel, Cursor::new(Epoch::parse(epoch)?, offset));
         }
         Ok(Position(cursors))

@@ -2,8 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::channel::{ChannelName, Cursor};
-use crate::error::CoreError;
+use super::{ChannelName, Cursor, ModelError};
 
 /// A session's secret id: 128 random bits as 32 hex characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -11,15 +10,15 @@ pub struct SessionId(String);
 
 impl SessionId {
     pub fn random() -> Self {
-        SessionId(crate::random_hex(16))
+        SessionId(super::random_hex(16))
     }
 
     /// Accepts only well-formed ids, so a client cannot smuggle key syntax into the store.
-    pub fn parse(text: &str) -> Result<Self, CoreError> {
+    pub fn parse(text: &str) -> Result<Self, ModelError> {
         if text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
             Ok(SessionId(text.to_owned()))
         } else {
-            Err(CoreError::SessionUnknown)
+            Err(ModelError::InvalidSessionId)
         }
     }
 
@@ -41,7 +40,7 @@ pub struct SessionRecord {
 
 impl SessionRecord {
     pub fn new() -> Self {
-        SessionRecord { pid: crate::random_hex(8), subscriptions: BTreeMap::new(), presence_at: crate::store::now_ms() }
+        SessionRecord { pid: super::random_hex(8), subscriptions: BTreeMap::new(), presence_at: super::now_ms() }
     }
 }
 

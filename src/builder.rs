@@ -1,0 +1,109 @@
+//! Embedding: a node's [`Router`] built from [`Settings`] without the CLI, to mount inside an application's own
+//! axum server, with a [`Handle`] to shut it down. The `stickless` binary is this plus flags and a listener.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use stickless_transports::Lifecycle;
+
+use crate::gateway::Gateway;
+use crate::hub::Hub;
+use crate::settings::Settings;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::{Store, StoreError};
+
+/// Builds a node: `Builder::new().settings(settings).build().await?` gives its router and handle.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    settings: Settings,
+}
+
+/// Why a node could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot reach Redis at {url}: {source}")]
+    Redis { url: String, source: StoreError },
+}
+
+impl Builder {
+    /// A builder with [`Settings::default`]: one node on the embedded store.
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Connects the store (Redis when `redis_url` is set) and returns the router with every stickless route
+    /// (`/v1/...`, and `web_dir` as the fallback when set) and the node's handle. Call it inside a tokio runtime.
+    pub async fn build(self) -> Result<(Router, Handle), BuildError> {
+        let settings = self.settings.sane();
+        let node = settings.node_id.clone().unwrap_or_else(|| format!("node-{}", crate::model::random_hex(2)));
+        let handle = Handle { lifecycle: Lifecycle::default(), node: node.clone() };
+        let router = match &settings.redis_url {
+            None => {
+                let hub = Hub::local();
+                let store = MemoryStore::new(settings.retention(), hub.clone());
+                store.spawn_sweeper(Duration::from_secs(5));
+                assemble(store, hub, &settings, &handle)
+            }
+            Some(url) => {
+                let (hub, commands) = Hub::with_listener();
+                let store =
+                    RedisStore::connect(url, &settings.redis_prefix, settings.retention(), hub.clone(), commands)
+                        .await
+                        .map_err(|source| BuildError::Redis { url: url.clone(), source })?;
+                assemble(store, hub, &settings, &handle)
+            }
+        };
+        Ok((router, handle))
+    }
+}
+
+fn assemble<S: Store>(store: Arc<S>, hub: Arc<Hub>, settings: &Settings, handle: &Handle) -> Router {
+    let gateway = Gateway::new(store, hub, settings.clone(), handle.node.clone());
+    if let Some(every) = settings.demo_ticker {
+        crate::demo::spawn_ticker(gateway.clone(), every, handle.lifecycle.shutdown.clone());
+    }
+    crate::http::router(gateway, settings, handle.lifecycle.clone())
+}
+
+/// A built node's controls. Clones control the same node.
+#[derive(Clone)]
+pub struct Handle {
+    lifecycle: Lifecycle,
+    node: String,
+}
+
+impl Handle {
+    /// The node's name, as clients see it.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Ends the node's live connections: WebSockets close with 1001, SSE streams end, waiting polls answer.
+    pub fn shutdown(&self) {
+        self.lifecycle.shutdown.cancel();
+    }
+
+    /// Resolves once [`Handle::shutdown`] was called: give it to axum's `with_graceful_shutdown`, which waits
+    /// for open SSE bodies only once they have ended.
+    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.lifecycle.shutdown.clone().cancelled_owned()
+    }
+
+    /// Waits (at most `limit`) for upgraded WebSocket tasks to finish after shutdown; axum does not wait for them.
+    pub async fn finished(&self, limit: Duration) {
+        self.lifecycle.tasks.close();
+        let _ = tokio::time::timeout(limit, self.lifecycle.tasks.wait()).await;
+    }
+
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.clone()
+    }
+}

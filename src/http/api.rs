@@ -1,0 +1,173 @@
+//! The backend API: `POST /v1/publish` (one message or a batch) and `GET /v1/presence`, behind an optional
+//! bearer key. Applications call it; clients never need it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::model::{ChannelName, Cursor};
+use crate::protocol::{ErrorCode, ProtocolError};
+use crate::settings::Settings;
+use crate::store::Store;
+
+struct Api<S> {
+    gateway: Gateway<S>,
+    api_key: Option<String>,
+    max_body: usize,
+    /// The most messages in one batch publish.
+    max_batch: usize,
+}
+
+/// The backend routes.
+pub(super) fn router<S: Store>(gateway: Gateway<S>, settings: &Settings) -> Router {
+    // A batch publish may carry several messages of max_message_bytes each.
+    let max_body = settings.max_message_bytes.saturating_mul(settings.max_frames_per_send);
+    let api =
+        Arc::new(Api { gateway, api_key: settings.api_key.clone(), max_body, max_batch: settings.max_frames_per_send });
+    Router::new()
+        .route("/v1/publish", post(publish::<S>))
+        .route("/v1/presence", get(presence::<S>))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(api)
+}
+
+/// Where a message was stored: `{channel, epoch, offset}`.
+#[derive(Serialize)]
+struct Stored<'a> {
+    channel: &'a ChannelName,
+    epoch: &'a crate::model::Epoch,
+    offset: u64,
+}
+
+fn stored(channel: &ChannelName, cursor: &Cursor) -> serde_json::Value {
+    serde_json::to_value(Stored { channel, epoch: &cursor.epoch, offset: cursor.offset }).unwrap_or_default()
+}
+
+/// One message of a publish body: `{channel, data, idempotency_key?}`. Read field by field, so `"data": null`
+/// is data like any other value.
+fn publish_item<'a>(fields: &HashMap<String, &'a RawValue>) -> Result<(String, &'a RawValue, Option<String>), Error> {
+    let text = |name: &str| fields.get(name).and_then(|v| serde_json::from_str::<Option<String>>(v.get()).ok());
+    let channel = text("channel").flatten().ok_or_else(|| Error::invalid("`channel` must be a string"))?;
+    let data = fields.get("data").copied().ok_or_else(|| Error::invalid("`data` is required"))?;
+    let key = match text("idempotency_key") {
+        Some(key) => key,
+        None if fields.contains_key("idempotency_key") => {
+            return Err(Error::invalid("`idempotency_key` must be a string"));
+        }
+        None => None,
+    };
+    Ok((channel, data, key))
+}
+
+fn object(text: &str) -> Result<HashMap<String, &RawValue>, Error> {
+    serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Error::Protocol(ProtocolError::MalformedJson(e.to_string()))
+        } else {
+            Error::invalid("expected {channel, data} or {messages: [...]}")
+        }
+    })
+}
+
+async fn publish<S: Store>(
+    State(api): State<Arc<Api<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        api.authorize(&headers)?;
+        let body = body.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge(api.max_body),
+            _ => Error::invalid("could not read the body"),
+        })?;
+        let text =
+            std::str::from_utf8(&body).map_err(|e| Error::Protocol(ProtocolError::MalformedJson(e.to_string())))?;
+        let fields = object(text)?;
+        let Some(messages) = fields.get("messages") else {
+            let (channel, data, key) = publish_item(&fields)?;
+            let (channel, cursor) = api.gateway.publish(&channel, data, key.as_deref()).await?;
+            return Ok(stored(&channel, &cursor));
+        };
+        let messages: Vec<HashMap<String, &RawValue>> = serde_json::from_str(messages.get())
+            .map_err(|_| Error::invalid("`messages` is an array of {channel, data}"))?;
+        if messages.len() > api.max_batch {
+            return Err(Error::TooManyFrames(api.max_batch));
+        }
+        let mut results = Vec::with_capacity(messages.len());
+        for fields in &messages {
+            let result = match publish_item(fields) {
+                Ok((channel, data, key)) => api.gateway.publish(&channel, data, key.as_deref()).await,
+                Err(err) => Err(err),
+            };
+            results.push(match result {
+                Ok((channel, cursor)) => stored(&channel, &cursor),
+                Err(err) => serde_json::from_slice(&err.body()).unwrap_or_default(),
+            });
+        }
+        Ok(serde_json::json!({ "results": results }))
+    }
+    .await;
+    answer(result)
+}
+
+#[derive(Deserialize)]
+struct PresenceQuery {
+    channel: Option<String>,
+}
+
+async fn presence<S: Store>(
+    State(api): State<Arc<Api<S>>>,
+    headers: HeaderMap,
+    query: Result<Query<PresenceQuery>, QueryRejection>,
+) -> Response {
+    let result = async {
+        api.authorize(&headers)?;
+        let channel = query.ok().and_then(|q| q.0.channel).ok_or(Error::plain(ErrorCode::InvalidChannel))?;
+        let (channel, pids) = api.gateway.presence(&channel).await?;
+        Ok(serde_json::json!({ "channel": channel, "pids": pids }))
+    }
+    .await;
+    answer(result)
+}
+
+impl<S> Api<S> {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Error> {
+        let Some(key) = &self.api_key else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compare every byte, so the time taken does not tell how much of a guess was right.
+        let same = given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(Error::plain(ErrorCode::Unauthorized))
+        }
+    }
+}
+
+fn answer(result: Result<serde_json::Value, Error>) -> Response {
+    match result {
+        Ok(value) => {
+            let mut response = value.to_string().into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(err) => err.rejection().into_response(),
+    }
+}

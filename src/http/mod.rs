@@ -1,0 +1,76 @@
+//! HTTP wiring: the transports' router, the backend API, the demo files and tower layers in one [`Router`], and
+//! serving it with graceful shutdown.
+
+mod api;
+
+use std::time::Duration;
+
+use axum::http::{header, Method};
+use axum::response::IntoResponse;
+use axum::Router;
+use stickless_transports::{Lifecycle, Port, Refusal};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+use crate::gateway::Gateway;
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// Every route of one node: the transports, `/v1/send`, `/v1/negotiate`, the backend API and the web files.
+pub(crate) fn router<S: Store>(gateway: Gateway<S>, settings: &Settings, lifecycle: Lifecycle) -> Router {
+    let cors = CorsLayer::new().allow_origin(Any).allow_methods([Method::GET, Method::POST]).allow_headers([
+        header::CONTENT_TYPE,
+        header::AUTHORIZATION,
+        "last-event-id".parse().expect("valid header"),
+    ]);
+    let internal = gateway.refuse(Refusal::Internal);
+    let mut router = stickless_transports::router(gateway.clone(), settings.transport(), lifecycle)
+        .merge(api::router(gateway, settings));
+    if let Some(dir) = &settings.web_dir {
+        router = router.fallback_service(ServeDir::new(dir));
+    }
+    router
+        .layer(cors)
+        .layer(CatchPanicLayer::custom(move |_| internal.clone().into_response()))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Serves `app` until SIGINT/SIGTERM or until `lifecycle.shutdown` is cancelled, then ends live connections
+/// and waits (at most 5 s) for them.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, lifecycle: Lifecycle) -> std::io::Result<()> {
+    let token = lifecycle.shutdown.clone();
+    tokio::spawn({
+        let token = token.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => tracing::info!("shutting down: closing live connections"),
+                _ = token.cancelled() => {}
+            }
+            token.cancel();
+        }
+    });
+    axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await?;
+    lifecycle.tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), lifecycle.tasks.wait()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,118 @@
+//! Settings: everything an operator (through flags, see `config.rs`) or an embedding application can set, with
+//! every default written once, here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stickless_transports::{Transport, TransportConfig};
+
+use crate::store::Retention;
+
+/// How one stickless node behaves. `Settings::default()` is a complete, safe configuration for a single node
+/// on the embedded store.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node's name, shown to clients (`None`: a random one).
+    pub node_id: Option<String>,
+    /// Redis (redis://, rediss://, redis-cluster://, redis-sentinel://); `None`: the embedded in-memory store.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and pub/sub channel.
+    pub redis_prefix: String,
+    /// The transports served.
+    pub transports: Vec<Transport>,
+    /// Messages each channel keeps for resume.
+    pub history_size: usize,
+    /// How long a message is kept for resume.
+    pub history_ttl: Duration,
+    /// How long a session lives without any request or open connection.
+    pub session_ttl: Duration,
+    /// How long a publish's client id or idempotency key is remembered.
+    pub dedupe_ttl: Duration,
+    /// How long a long-poll waits for frames before answering empty.
+    pub poll_timeout: Duration,
+    /// Time between heartbeats on WebSocket and SSE.
+    pub heartbeat: Duration,
+    /// Largest frame, message data or request body, in bytes.
+    pub max_message_bytes: usize,
+    /// Most channels one session subscribes to.
+    pub max_subscriptions: usize,
+    /// Most frames in one `POST /v1/send` (and messages in one batch publish).
+    pub max_frames_per_send: usize,
+    /// Most frames in one poll response or history read.
+    pub max_batch: usize,
+    /// Most live connections (WebSocket, SSE, waiting polls) on this node.
+    pub max_connections: usize,
+    /// Origins allowed to open WebSockets (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// Bearer key required by `/v1/publish` and `/v1/presence` (`None`: none required).
+    pub api_key: Option<String>,
+    /// Whether clients may list a channel's subscribers with `presence` frames.
+    pub client_presence: bool,
+    /// Directory served at `/` (`None`: no files; the router answers only the API).
+    pub web_dir: Option<PathBuf>,
+    /// Publish a demo ticker to `demo.ticker` this often (`None`: off).
+    pub demo_ticker: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            node_id: None,
+            redis_url: None,
+            redis_prefix: "sl".into(),
+            transports: Transport::ALL.to_vec(),
+            history_size: 1000,
+            history_ttl: Duration::from_secs(3600),
+            session_ttl: Duration::from_secs(60),
+            dedupe_ttl: Duration::from_secs(300),
+            poll_timeout: Duration::from_secs(25),
+            heartbeat: Duration::from_secs(15),
+            max_message_bytes: 64 * 1024,
+            max_subscriptions: 64,
+            max_frames_per_send: 100,
+            max_batch: 100,
+            max_connections: 100_000,
+            allowed_origins: Vec::new(),
+            api_key: None,
+            client_presence: true,
+            web_dir: None,
+            demo_ticker: None,
+        }
+    }
+}
+
+impl Settings {
+    /// The settings with values that would break the server raised to their floor (a zero TTL, a batch of 0).
+    pub(crate) fn sane(mut self) -> Self {
+        let floor = |d: Duration, min: Duration| d.max(min);
+        self.history_size = self.history_size.max(1);
+        self.history_ttl = floor(self.history_ttl, Duration::from_secs(1));
+        self.session_ttl = floor(self.session_ttl, Duration::from_secs(1));
+        self.dedupe_ttl = floor(self.dedupe_ttl, Duration::from_secs(1));
+        self.heartbeat = floor(self.heartbeat, Duration::from_millis(100));
+        self.max_batch = self.max_batch.max(1);
+        self.max_frames_per_send = self.max_frames_per_send.max(1);
+        self
+    }
+
+    pub(crate) fn retention(&self) -> Retention {
+        Retention {
+            history_size: self.history_size,
+            history_ttl: self.history_ttl,
+            session_ttl: self.session_ttl,
+            dedupe_ttl: self.dedupe_ttl,
+        }
+    }
+
+    pub(crate) fn transport(&self) -> TransportConfig {
+        TransportConfig {
+            enabled: self.transports.clone(),
+            heartbeat: self.heartbeat,
+            poll_timeout: self.poll_timeout,
+            max_message_bytes: self.max_message_bytes,
+            max_batch: self.max_batch,
+            max_connections: self.max_connections,
+            allowed_origins: self.allowed_origins.clone(),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The pub/sub listener: one task per node that keeps the subscriber connection's subscriptions equal to the
+//! hub's topics, and hands what it receives to the hub.
+//!
+//! Pub/sub is at-most-once: after a reconnect it re-subscribes everything and tells every feed to re-read
+//! history, and a lagged reader does the same, since whatever was published meanwhile is gone from pub/sub.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use fred::clients::SubscriberClient;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::Value;
+use serde_json::value::RawValue;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, watch};
+
+use super::RedisStore;
+use crate::hub::{ListenCommand, Live, Topic};
+use crate::model::{ChannelName, Epoch};
+use crate::protocol::Message;
+
+pub(super) async fn run(
+    store: Weak<RedisStore>,
+    subscriber: SubscriberClient,
+    mut commands: mpsc::UnboundedReceiver<ListenCommand>,
+) {
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    // Topics whose subscription failed: retried every second and after a reconnect.
+    let mut pending: Vec<(Topic, watch::Sender<bool>)> = Vec::new();
+    loop {
+        let Some(store) = store.upgrade() else { break };
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(ListenCommand::Listen(topic, ready)) => {
+                    let name = store.keys.topic(&topic);
+                    match store.subscribe_confirmed(&subscriber, std::slice::from_ref(&name)).await {
+                        Ok(()) => { let _ = ready.send(true); }
+                        Err(err) => {
+                            tracing::warn!(%err, topic = %name, "could not subscribe; retrying");
+                            pending.push((topic, ready));
+                        }
+                    }
+                }
+                Some(ListenCommand::Unlisten(topic)) => {
+                    let name = store.keys.topic(&topic);
+                    let _ = if store.sharded { subscriber.sunsubscribe(name).await } else { subscriber.unsubscribe(name).await };
+                }
+                None => break,
+            },
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    let Some(topic) = store.keys.topic_of(&message.channel) else { continue };
+                    let event = match &topic {
+                        Topic::Channel(channel) => {
+                            let payload = message.value.as_string().unwrap_or_default();
+                            parse_live(channel.clone(), &payload).map_or(Live::Resync, Live::Message)
+                        }
+                        Topic::Session(_) => Live::SessionChanged,
+                    };
+                    store.hub.deliver(&topic, event);
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "pub/sub reader lagged; feeds re-read history");
+                    store.hub.resync_all();
+                }
+                Err(RecvError::Closed) => break,
+            },
+            server = reconnects.recv() => {
+                if matches!(server, Err(RecvError::Closed)) {
+                    break;
+                }
+                // Subscribe exactly the hub's topics again (confirmed), then every feed re-reads history.
+                tracing::info!("Redis reconnected: re-subscribing and re-reading history");
+                let topics = store.hub.topics();
+                let names: Vec<String> = topics.iter().map(|t| store.keys.topic(t)).collect();
+                match store.subscribe_confirmed(&subscriber, &names).await {
+                    Ok(()) => {
+                        for (_, ready) in pending.drain(..) {
+                            let _ = ready.send(true);
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "re-subscribe failed; retrying"),
+                }
+                pending.retain(|(topic, _)| topics.contains(topic));
+                store.hub.resync_all();
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {
+                pending.retain(|(topic, _)| store.hub.topics().contains(topic));
+                let names: Vec<String> = pending.iter().map(|(t, _)| store.keys.topic(t)).collect();
+                if store.subscribe_confirmed(&subscriber, &names).await.is_ok() {
+                    for (_, ready) in pending.drain(..) {
+                        let _ = ready.send(true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl RedisStore {
+    /// Subscribes and returns only once Redis has processed the subscriptions. fred resolves SUBSCRIBE when it
+    /// is written (its replies are out-of-band), so a PING on the same connection, answered in order after the
+    /// SUBSCRIBE, is what confirms it. SSUBSCRIBE already waits for its reply, one slot at a time.
+    async fn subscribe_confirmed(
+        &self,
+        subscriber: &SubscriberClient,
+        names: &[String],
+    ) -> Result<(), fred::error::Error> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        if self.sharded {
+            for name in names {
+                subscriber.ssubscribe(name.clone()).await?;
+            }
+            return Ok(());
+        }
+        subscriber.subscribe(names.to_vec()).await?;
+        subscriber.ping::<Value>(None).await.map(|_| ())
+    }
+}
+
+/// The live message a PUBLISH carried: `epoch offset ts\n<data>` (see `append.lua`).
+fn parse_live(channel: ChannelName, payload: &str) -> Option<Arc<Message>> {
+    let (head, data) = payload.split_once('\n')?;
+    let mut parts = head.split(' ');
+    let epoch = Epoch::parse(parts.next()?).ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    let ts = parts.next()?.parse().ok()?;
+    let data = RawValue::from_string(data.to_owned()).ok()?;
+    Some(Message::new(channel, epoch, offset, ts, &data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_payloads_parse_into_message_frames() {
+        let chat = ChannelName::parse("chat").unwrap();
+        let m = parse_live(chat.clone(), "e1 7 5\n{\"a\":1}").unwrap();
+        assert_eq!((m.epoch.as_str(), m.offset), ("e1", 7));
+        assert!(parse_live(chat.clone(), "e1 7\n1").is_none());
+        assert!(parse_live(chat, "e-1 7 5\n1").is_none());
+    }
+}

@@ -1,0 +1,93 @@
+//! The Redis store: sessions, channel history, dedupe records and presence live in Redis, so a node keeps
+//! nothing another node needs. Redis pub/sub only wakes nodes; history is the truth.
+//!
+//! [`keys`] names everything, [`scripts`] holds the Lua (one script per channel operation, on the channel's
+//! slot) and its typed replies, [`listener`] keeps this node's pub/sub subscriptions in line with its hub, and
+//! one file per store trait implements it. docs/ARCHITECTURE.md lists the keys, their TTLs and the commands per
+//! operation.
+
+mod channel_log;
+mod keys;
+mod listener;
+mod presence;
+mod scripts;
+mod sessions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::interfaces::ClientLike;
+use fred::prelude::{Client, Config, ReconnectPolicy};
+use fred::types::scripts::Script;
+use fred::types::{Builder, Value};
+use tokio::sync::mpsc;
+
+use super::{Retention, StoreError};
+use crate::hub::{Hub, ListenCommand};
+use keys::Keys;
+use scripts::Scripts;
+
+pub struct RedisStore {
+    client: Client,
+    hub: Arc<Hub>,
+    retention: Retention,
+    keys: Keys,
+    /// A cluster: live delivery uses sharded pub/sub (SPUBLISH/SSUBSCRIBE).
+    sharded: bool,
+    scripts: Scripts,
+}
+
+fn unavailable(err: fred::error::Error) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+impl RedisStore {
+    /// Connects (commands and a subscriber connection) and starts the task that keeps this node's pub/sub
+    /// subscriptions in line with the hub's topics.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        retention: Retention,
+        hub: Arc<Hub>,
+        commands: mpsc::UnboundedReceiver<ListenCommand>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let config = Config::from_url(url).map_err(unavailable)?;
+        let sharded = config.server.is_clustered();
+        let mut builder = Builder::from_config(config);
+        builder
+            // Without a policy fred never reconnects; retry forever, backing off to 2 s.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .with_performance_config(|p| {
+                // A publish answers 503 within this when Redis is gone, rather than hanging.
+                p.default_command_timeout = Duration::from_secs(3);
+                // A slow reader of pub/sub gets Lagged (handled by the listener) only after this many messages.
+                p.broadcast_channel_capacity = 65_536;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(3);
+                // A command cut off in flight fails (the caller retries with its id) rather than being re-sent.
+                c.max_command_attempts = 1;
+            });
+        let client = builder.build().map_err(unavailable)?;
+        let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
+        client.init().await.map_err(unavailable)?;
+        subscriber.init().await.map_err(unavailable)?;
+        let store =
+            Arc::new(RedisStore { client, hub, retention, keys: Keys::new(prefix), sharded, scripts: Scripts::load() });
+        tokio::spawn(listener::run(Arc::downgrade(&store), subscriber, commands));
+        Ok(store)
+    }
+
+    /// Outlives history, so offsets keep counting while clients may hold cursors; refreshed by every read.
+    fn meta_ttl_ms(&self) -> u64 {
+        (self.retention.history_ttl * 2 + self.retention.session_ttl).as_millis() as u64
+    }
+
+    fn ttl_ms(d: Duration) -> String {
+        d.as_millis().max(1).to_string()
+    }
+
+    async fn eval(&self, script: &Script, keys: Vec<String>, args: Vec<String>) -> Result<Value, StoreError> {
+        script.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)
+    }
+}

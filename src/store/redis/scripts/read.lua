@@ -1,0 +1,12 @@
+-- Reads a channel's history after a cursor, where `resume` says it starts.
+-- KEYS: meta, stream. ARGV: after epoch, after offset, limit, candidate epoch, meta_ttl_ms.
+-- Reply: {epoch, gap ('epoch' | 'trimmed' | ''), offset read after, entries (XRANGE form)}.
+local epoch = ensure_epoch(ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local top = tonumber(redis.call('HGET', KEYS[1], 't'))
+local first = top + 1
+local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if head[1] then first = tonumber(string.match(head[1][1], '^(%d+)')) end
+local after, gap = resume(ARGV[1], tonumber(ARGV[2]), epoch, first, top)
+local entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', ARGV[3])
+return {epoch, gap, after, entries}
