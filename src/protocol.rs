@@ -404,16 +404,7 @@ impl ErrorCode {
 
 /// `{"error":{"code":..,"message":..}}`: the body of every HTTP error, and of a failed item in a batch publish.
 pub fn error_body(code: ErrorCode, message: &str) -> Bytes {
-    #[derive(Serialize)]
-    struct Inner<'a> {
-        code: ErrorCode,
-        message: &'a str,
-    }
-    #[derive(Serialize)]
-    struct Body<'a> {
-        error: Inner<'a>,
-    }
-    encode(&Body { error: Inner { code, message } })
+    encode(&ErrorBody::new(code, message))
 }
 
 /// A long-poll answer, `{"node","session","position","frames":[..]}`, spliced from the frames' shared bytes
@@ -455,6 +446,55 @@ fn splice(out: &mut BytesMut, items: &[Bytes]) {
         out.put_slice(item);
     }
     out.put_u8(b']');
+}
+
+/// A `/v1/publish` answer: where each message was stored, or why not.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Published<'a> {
+    /// `{channel, epoch, offset}` of one stored message.
+    Stored { channel: &'a ChannelName, epoch: &'a Epoch, offset: u64 },
+    /// `{"error":{..}}`: one message of a batch that was not stored.
+    Failed(ErrorBody<'a>),
+    /// `{"results": [..]}` of a batch: one `Stored` or `Failed` per message, in order.
+    Batch { results: Vec<Published<'a>> },
+}
+
+/// The `{"error":{"code","message"}}` object, as a value.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    error: ErrorInner<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorInner<'a> {
+    code: ErrorCode,
+    message: Cow<'a, str>,
+}
+
+impl<'a> ErrorBody<'a> {
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'a, str>>) -> Self {
+        ErrorBody { error: ErrorInner { code, message: message.into() } }
+    }
+}
+
+impl Published<'_> {
+    pub fn encode(&self) -> Bytes {
+        encode(self)
+    }
+}
+
+/// A `/v1/presence` answer.
+#[derive(Debug, Serialize)]
+pub struct PresenceAnswer<'a> {
+    pub channel: &'a ChannelName,
+    pub pids: &'a [String],
+}
+
+impl PresenceAnswer<'_> {
+    pub fn encode(&self) -> Bytes {
+        encode(self)
+    }
 }
 
 /// What `/v1/negotiate` tells a client before it picks a transport.

@@ -520,7 +520,7 @@ async fn stalled_client(port: u16, request: &str) -> tokio::net::TcpStream {
 
 #[tokio::test]
 async fn clients_that_never_read_do_not_grow_server_memory_under_a_flood() {
-    let node = Node::start(&[]).await;
+    let mut node = Node::spawn(&[]).await;
     let ws = stalled_client(
         node.port,
         "GET /v1/ws?channels=flood HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -540,13 +540,13 @@ async fn clients_that_never_read_do_not_grow_server_memory_under_a_flood() {
         let r = c.post(format!("{}/v1/publish", node.url)).json(&batch(b * 100)).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    let before = node.rss_kib();
+    let before = node.process().rss_kib();
     // 20,000 more messages of ~2 KB: 40 MB that neither stalled client will ever read.
     for b in 20..220 {
         let r = c.post(format!("{}/v1/publish", node.url)).json(&batch(b * 100)).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    let after = node.rss_kib();
+    let after = node.process().rss_kib();
     let grown_mib = after.saturating_sub(before) / 1024;
     eprintln!("server RSS {before} KiB -> {after} KiB after 40 MB for stalled clients");
     assert!(
@@ -575,7 +575,7 @@ async fn client_presence_can_be_turned_off() {
 
 #[tokio::test]
 async fn sigterm_closes_live_connections_and_exits() {
-    let mut node = Node::start(&[]).await;
+    let mut node = Node::spawn(&[]).await;
     let mut ws = Ws::connect(&node.ws_url(), "channels=a").await;
     let mut sse = Sse::connect(&node.url, "channels=a", None).await;
     let poller = Poller::open(&node.url, "a").await;
@@ -583,7 +583,7 @@ async fn sigterm_closes_live_connections_and_exits() {
     let session = poller.session.clone();
     let poll = tokio::spawn(async move { http().get(format!("{url}/v1/poll?session={session}")).send().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let exited = tokio::task::spawn_blocking(move || node.terminate(Duration::from_secs(10)));
+    let exited = tokio::task::spawn_blocking(move || node.process().terminate(Duration::from_secs(10)));
     let close = loop {
         match futures_util::StreamExt::next(&mut ws.stream).await {
             Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| f.code),

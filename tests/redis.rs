@@ -13,7 +13,7 @@ async fn nodes(redis_url: &str, n: usize, extra: &[&str]) -> Vec<Node> {
         let id = format!("node-{}", (b'a' + i as u8) as char);
         let mut args = vec!["--redis-url", redis_url, "--node-id", &id];
         args.extend_from_slice(extra);
-        nodes.push(Node::start(&args).await);
+        nodes.push(Node::spawn(&args).await);
     }
     nodes
 }
@@ -178,8 +178,8 @@ async fn clients_of_a_killed_node_resume_through_another_without_loss() {
     for f in poller.poll(&nodes[0].url).await {
         poll_got.take(&f);
     }
-    nodes[0].kill(); // SIGKILL, mid-stream
-                     // Frames already on the wire still count; then the socket dies with its node.
+    nodes[0].process().kill(); // SIGKILL, mid-stream
+                               // Frames already on the wire still count; then the socket dies with its node.
     while let Some(f) = ws.next().await {
         ws_got.take(&f);
     }

@@ -11,13 +11,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::model::{ChannelName, Cursor};
-use crate::protocol::{ErrorCode, ProtocolError};
+use crate::protocol::{ErrorBody, ErrorCode, PresenceAnswer, ProtocolError, Published};
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -42,16 +42,8 @@ pub(super) fn router<S: Store>(gateway: Gateway<S>, settings: &Settings) -> Rout
         .with_state(api)
 }
 
-/// Where a message was stored: `{channel, epoch, offset}`.
-#[derive(Serialize)]
-struct Stored<'a> {
-    channel: &'a ChannelName,
-    epoch: &'a crate::model::Epoch,
-    offset: u64,
-}
-
-fn stored(channel: &ChannelName, cursor: &Cursor) -> serde_json::Value {
-    serde_json::to_value(Stored { channel, epoch: &cursor.epoch, offset: cursor.offset }).unwrap_or_default()
+fn stored<'a>(channel: &'a ChannelName, cursor: &'a Cursor) -> Published<'a> {
+    Published::Stored { channel, epoch: &cursor.epoch, offset: cursor.offset }
 }
 
 /// One message of a publish body: `{channel, data, idempotency_key?}`. Read field by field, so `"data": null`
@@ -97,25 +89,28 @@ async fn publish<S: Store>(
         let Some(messages) = fields.get("messages") else {
             let (channel, data, key) = publish_item(&fields)?;
             let (channel, cursor) = api.gateway.publish(&channel, data, key.as_deref()).await?;
-            return Ok(stored(&channel, &cursor));
+            return Ok(stored(&channel, &cursor).encode());
         };
         let messages: Vec<HashMap<String, &RawValue>> = serde_json::from_str(messages.get())
             .map_err(|_| Error::invalid("`messages` is an array of {channel, data}"))?;
         if messages.len() > api.max_batch {
             return Err(Error::TooManyFrames(api.max_batch));
         }
-        let mut results = Vec::with_capacity(messages.len());
+        let mut outcomes = Vec::with_capacity(messages.len());
         for fields in &messages {
-            let result = match publish_item(fields) {
+            outcomes.push(match publish_item(fields) {
                 Ok((channel, data, key)) => api.gateway.publish(&channel, data, key.as_deref()).await,
                 Err(err) => Err(err),
-            };
-            results.push(match result {
-                Ok((channel, cursor)) => stored(&channel, &cursor),
-                Err(err) => serde_json::from_slice(&err.body()).unwrap_or_default(),
             });
         }
-        Ok(serde_json::json!({ "results": results }))
+        let results = outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Ok((channel, cursor)) => stored(channel, cursor),
+                Err(err) => Published::Failed(ErrorBody::new(err.code(), err.message())),
+            })
+            .collect();
+        Ok(Published::Batch { results }.encode())
     }
     .await;
     answer(result)
@@ -135,7 +130,7 @@ async fn presence<S: Store>(
         api.authorize(&headers)?;
         let channel = query.ok().and_then(|q| q.0.channel).ok_or(Error::plain(ErrorCode::InvalidChannel))?;
         let (channel, pids) = api.gateway.presence(&channel).await?;
-        Ok(serde_json::json!({ "channel": channel, "pids": pids }))
+        Ok(PresenceAnswer { channel: &channel, pids: &pids }.encode())
     }
     .await;
     answer(result)
@@ -161,10 +156,10 @@ impl<S> Api<S> {
     }
 }
 
-fn answer(result: Result<serde_json::Value, Error>) -> Response {
+fn answer(result: Result<Bytes, Error>) -> Response {
     match result {
-        Ok(value) => {
-            let mut response = value.to_string().into_response();
+        Ok(body) => {
+            let mut response = body.into_response();
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }

@@ -1,10 +1,13 @@
-//! Test harness: starts real `stickless` and `redis-server` processes on free loopback ports, and speaks each
-//! transport the way a client would (a WebSocket, an SSE stream, long-polls, POST /v1/send).
+//! Test harness: starts gateways (in this process, or as `stickless` processes where a test needs several nodes,
+//! a kill or a signal) and real `redis-server` processes on free loopback ports, and speaks each transport the
+//! way a client would (a WebSocket, an SSE stream, long-polls, POST /v1/send).
 #![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+use clap::Parser;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,46 +22,43 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
 }
 
-/// A running gateway process; killed when dropped.
-pub struct Node {
-    pub url: String,
-    pub port: u16,
+/// A child process, killed when dropped: every program a test starts (gateway, redis-server, sentinel, an
+/// example) goes through this one launcher.
+pub struct Process {
     child: Child,
 }
 
-impl Node {
-    pub async fn start(args: &[&str]) -> Node {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_stickless"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--demo-ticker-ms", "0"])
-            .args(args)
-            .env("STICKLESS_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("stickless binary runs");
-        let node = Node { url: format!("http://127.0.0.1:{port}"), port, child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(r) = http().get(format!("{}/v1/negotiate", node.url)).send().await {
-                if r.status().is_success() {
-                    return node;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("gateway on port {port} did not come up");
+impl Process {
+    pub fn spawn(command: &mut Command) -> Process {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let child = command.spawn().unwrap_or_else(|e| panic!("{program} runs (scripts/test.sh installs it): {e}"));
+        Process { child }
     }
 
-    /// Resident memory of the node's process, in KiB.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    /// Sends `signal` (`TERM`, `INT`, `STOP`, ...).
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+    }
+
     /// SIGTERM, then waits (at most `limit`) for the process to exit; answers whether it exited cleanly.
     pub fn terminate(&mut self, limit: Duration) -> bool {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.signal("TERM");
+        self.exited_within(limit)
+    }
+
+    /// Waits (at most `limit`) for the process to exit; answers whether it exited with status 0.
+    pub fn exited_within(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -74,6 +74,93 @@ impl Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The path of a built example (`cargo test` builds examples with the tests).
+pub fn example(name: &str) -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_stickless"));
+    bin.parent().unwrap().join("examples").join(name)
+}
+
+/// A gateway: in this test process ([`Node::start`]) when one node suffices, or its own process
+/// ([`Node::spawn`]) for what needs one: several nodes, a kill, a signal, its memory.
+pub struct Node {
+    pub url: String,
+    pub port: u16,
+    runs: Runs,
+}
+
+enum Runs {
+    InProcess(stickless::Handle),
+    Process(Process),
+}
+
+impl Node {
+    /// A node served in this process from the same flags the binary takes, on its own runtime and threads.
+    pub async fn start(args: &[&str]) -> Node {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let flags = ["stickless", "--listen", &format!("127.0.0.1:{port}"), "--demo-ticker-ms", "0"];
+        let config = stickless::Config::try_parse_from(flags.iter().chain(args)).expect("valid flags");
+        let (handles, handle) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let (router, handle) = stickless::Builder::new().settings(config.settings()).build().await.unwrap();
+                let _ = handles.send(handle.clone());
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let _ = axum::serve(listener, router).with_graceful_shutdown(handle.shutdown_requested()).await;
+                handle.finished(Duration::from_secs(5)).await;
+            });
+        });
+        let handle = handle.recv().expect("the node starts");
+        let node = Node { url: format!("http://127.0.0.1:{port}"), port, runs: Runs::InProcess(handle) };
+        node.wait_until_up().await;
+        node
+    }
+
+    /// A node as its own `stickless` process.
+    pub async fn spawn(args: &[&str]) -> Node {
+        let port = free_port();
+        let process = Process::spawn(
+            Command::new(env!("CARGO_BIN_EXE_stickless"))
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--demo-ticker-ms", "0"])
+                .args(args)
+                .env("STICKLESS_LOG", "warn")
+                .stdout(Stdio::null()),
+        );
+        let node = Node { url: format!("http://127.0.0.1:{port}"), port, runs: Runs::Process(process) };
+        node.wait_until_up().await;
+        node
+    }
+
+    async fn wait_until_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = http().get(format!("{}/v1/negotiate", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway on port {} did not come up", self.port);
+    }
+
+    /// The node's process; only a [`Node::spawn`]ed node has one.
+    pub fn process(&mut self) -> &mut Process {
+        match &mut self.runs {
+            Runs::Process(process) => process,
+            Runs::InProcess(_) => panic!("this test needs its node as a process: use Node::spawn"),
+        }
+    }
 
     pub fn ws_url(&self) -> String {
         self.url.replace("http://", "ws://")
@@ -82,7 +169,10 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.kill();
+        // A process is killed by its own drop; an in-process node ends its connections and its thread.
+        if let Runs::InProcess(handle) = &self.runs {
+            handle.shutdown();
+        }
     }
 }
 
@@ -91,7 +181,7 @@ pub struct Redis {
     pub port: u16,
     pub dir: PathBuf,
     args: Vec<String>,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 impl Redis {
@@ -99,7 +189,7 @@ impl Redis {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("stickless-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis { port, dir, args: extra.iter().map(|s| s.to_string()).collect(), child: None };
+        let mut redis = Redis { port, dir, args: extra.iter().map(|s| s.to_string()).collect(), process: None };
         redis.spawn().await;
         redis
     }
@@ -109,15 +199,14 @@ impl Redis {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        self.child = Some(child);
+        self.process = Some(Process::spawn(
+            Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .arg("--dir")
+                .arg(&self.dir)
+                .args(&self.args)
+                .stdout(Stdio::null()),
+        ));
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.cli(&["PING"]).map(|o| o.contains("PONG")).unwrap_or(false) {
@@ -134,10 +223,7 @@ impl Redis {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process = None;
     }
 
     /// Starts the server again on the same port and directory (so an append-only file is read back).
@@ -352,7 +438,7 @@ impl RedisCluster {
             let dir = std::env::temp_dir().join(format!("stickless-cluster-{port}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--appendonly", "no"];
-            let mut redis = Redis { port, dir, args: args.iter().map(|s| s.to_string()).collect(), child: None };
+            let mut redis = Redis { port, dir, args: args.iter().map(|s| s.to_string()).collect(), process: None };
             redis.spawn().await;
             nodes.push(redis);
         }
@@ -385,7 +471,7 @@ impl RedisCluster {
 pub struct Sentinel {
     pub port: u16,
     dir: PathBuf,
-    child: Child,
+    _process: Process,
 }
 
 impl Sentinel {
@@ -403,8 +489,8 @@ impl Sentinel {
             ),
         )
         .unwrap();
-        let child = Command::new("redis-server").arg(&conf).arg("--sentinel").stdout(Stdio::null()).spawn().unwrap();
-        let sentinel = Sentinel { port, dir, child };
+        let process = Process::spawn(Command::new("redis-server").arg(&conf).arg("--sentinel").stdout(Stdio::null()));
+        let sentinel = Sentinel { port, dir, _process: process };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if sentinel.master_port().is_some() {
@@ -431,8 +517,6 @@ impl Sentinel {
 
 impl Drop for Sentinel {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
