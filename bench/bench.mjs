@@ -2,19 +2,22 @@
 //
 // Starts every server on free loopback ports, drives subscriber workers (lib/sub-worker.mjs) and a publisher in
 // this process, and prints markdown tables to stdout (progress goes to stderr). Every phase is bounded in count
-// and time; every process it starts is stopped at the end, on error and on SIGINT/SIGTERM.
+// and time. Processes are started and stopped by the tests' launcher (tests/js/harness.mjs): every one is stopped
+// at the end, on error and on SIGINT/SIGTERM.
 //
 // Environment: STICKLESS_BIN, RAW_AXUM_BIN (release binaries), BENCH_TMP (logs), BENCH_QUICK=1 (a small smoke
 // run), BENCH_ONLY=throughput,commands,memory (a subset).
 
-import { spawn, fork, execFileSync } from 'node:child_process';
+import { fork, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createClient } from 'redis';
+import {
+  freePort, portOpen, startGateway, startProcess, startRedis as startRedisServer, stopAll, track, trackedPids, waitFor,
+} from '../tests/js/harness.mjs';
 import { Histogram, now, sleep } from './lib/common.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -44,67 +47,8 @@ const C = {
 const log = (...a) => console.error(`[${((now() - T0) / 1000).toFixed(1).padStart(5)}s]`, ...a);
 const T0 = now();
 
-// ---------------------------------------------------------------------------------------------- processes --
-const procs = new Set();
-
-function startProc(name, cmd, args, env = {}) {
-  const out = fs.openSync(path.join(TMP, `${name}.log`), 'a');
-  const child = spawn(cmd, args, { stdio: ['ignore', out, out], env: { ...process.env, ...env } });
-  fs.closeSync(out);
-  child.name = name;
-  child.exited = new Promise((resolve) => child.on('exit', (code, sig) => resolve({ code, sig })));
-  procs.add(child);
-  child.exited.then(() => procs.delete(child));
-  return child;
-}
-
-async function stopProc(child, ms = 3000) {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  child.kill('SIGTERM');
-  const done = await Promise.race([child.exited, sleep(ms).then(() => null)]);
-  if (!done) {
-    child.kill('SIGKILL');
-    await child.exited;
-  }
-}
-
-async function stopAll() {
-  await Promise.all([...procs].map((p) => stopProc(p, 2000)));
-}
-
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, async () => {
-    log(`${sig}: stopping everything`);
-    await stopAll();
-    process.exit(130);
-  });
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.unref();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitFor(what, check, ms = 15_000) {
-  const until = now() + ms;
-  let last;
-  while (now() < until) {
-    try {
-      if (await check()) return;
-    } catch (e) {
-      last = e;
-    }
-    await sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''} (logs in ${TMP})`);
-}
+/** Where a started server writes its output: `<name>.log` in TMP. */
+const logFile = (name) => path.join(TMP, `${name}.log`);
 
 function httpGet(url) {
   return new Promise((resolve, reject) => {
@@ -129,43 +73,41 @@ function rssKiB(pid) {
 }
 
 // ------------------------------------------------------------------------------------------------ servers --
+/** A redis-server with a client of ours connected, for INFO and PUBSUB. */
 async function startRedis() {
   const port = await freePort();
-  const proc = startProc(`redis-${port}`, 'redis-server', [
-    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no',
-  ]);
-  const url = `redis://127.0.0.1:${port}`;
-  const client = createClient({ url });
+  const server = await startRedisServer({ port, logFile: logFile(`redis-${port}`) });
+  const client = createClient({ url: server.url });
   client.on('error', () => {});
-  await waitFor('redis', async () => {
-    await client.connect();
-    return true;
-  });
-  return { proc, url, client, async stop() { await client.disconnect().catch(() => {}); await stopProc(proc); } };
+  await client.connect();
+  return { proc: server.proc, url: server.url, client, async stop() { await client.disconnect().catch(() => {}); await server.stop(); } };
 }
 
 async function startStickless(i, redisUrl) {
   const port = await freePort();
-  const args = ['--listen', `127.0.0.1:${port}`, '--node-id', `n${i + 1}`, '--demo-ticker-ms', '0',
+  const args = ['--node-id', `n${i + 1}`, '--demo-ticker-ms', '0',
     // Above the messages of one round, so a subscriber that falls behind at max rate catches up from history
     // instead of getting a `gap` (the default is 1000); the bench counts every message end to end.
     '--history-size', '10000', '--web-dir', path.join(ROOT, 'web')];
   if (redisUrl) args.push('--redis-url', redisUrl);
-  const proc = startProc(`stickless-n${i + 1}-${port}`, STICKLESS, args, { STICKLESS_LOG: 'warn' });
-  const base = `http://127.0.0.1:${port}`;
-  await waitFor(`stickless n${i + 1}`, async () => (await httpGet(`${base}/v1/negotiate`)).status === 200);
-  return { proc, base, ws: `ws://127.0.0.1:${port}/v1/ws?channels=bench`, publishPath: '/v1/publish' };
+  const node = await startGateway({ bin: STICKLESS, port, args, env: { STICKLESS_LOG: 'warn' }, logFile: logFile(`stickless-n${i + 1}-${port}`) });
+  return { ...node, base: node.url, ws: `ws://127.0.0.1:${port}/v1/ws?channels=bench`, publishPath: '/v1/publish' };
 }
 
 async function startSio(i, redisUrl) {
   const port = await freePort();
   const args = ['--expose-gc', path.join(HERE, 'lib/sio-server.mjs'), String(port)];
   if (redisUrl) args.push(redisUrl);
-  const proc = startProc(`sio-n${i + 1}-${port}`, process.execPath, args);
   const base = `http://127.0.0.1:${port}`;
-  await waitFor(`socket.io n${i + 1}`, async () => (await httpGet(`${base}/health`)).body === 'ready');
+  const node = await startProcess({
+    cmd: process.execPath,
+    args,
+    what: `socket.io n${i + 1}`,
+    ready: async () => (await httpGet(`${base}/health`)).body === 'ready',
+    logFile: logFile(`sio-n${i + 1}-${port}`),
+  });
   return {
-    proc,
+    ...node,
     base,
     ws: `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket&channels=bench`,
     publishPath: '/publish',
@@ -174,24 +116,22 @@ async function startSio(i, redisUrl) {
 
 async function startAxum(nodelay = false) {
   const port = await freePort();
-  const proc = startProc(`raw-axum-${port}`, RAW_AXUM, ['--listen', `127.0.0.1:${port}`, ...(nodelay ? ['--nodelay'] : [])]);
-  const base = `http://127.0.0.1:${port}`;
-  await waitFor('raw axum', async () => {
-    await new Promise((resolve, reject) => {
-      const s = net.connect(port, '127.0.0.1', () => s.end(resolve));
-      s.on('error', reject);
-    });
-    return true;
+  const node = await startProcess({
+    cmd: RAW_AXUM,
+    args: ['--listen', `127.0.0.1:${port}`, ...(nodelay ? ['--nodelay'] : [])],
+    what: 'raw axum',
+    ready: () => portOpen(port),
+    logFile: logFile(`raw-axum-${port}`),
   });
-  return { proc, base, ws: `ws://127.0.0.1:${port}/ws`, publishPath: '/publish' };
+  return { ...node, base: `http://127.0.0.1:${port}`, ws: `ws://127.0.0.1:${port}/ws`, publishPath: '/publish' };
 }
 
 /** Waits until `count` Socket.IO redis adapters have subscribed (each subscribes its request channel). */
 async function waitAdapters(redis, count) {
-  await waitFor('socket.io redis adapters to subscribe', async () => {
+  await waitFor(async () => {
     const reply = await redis.client.sendCommand(['PUBSUB', 'NUMSUB', 'socket.io-request#/#']);
     return Number(reply[1]) >= count;
-  });
+  }, 15_000, 'socket.io redis adapters to subscribe', 50);
 }
 
 // ------------------------------------------------------------------------------------------- CPU accounting --
@@ -216,7 +156,7 @@ function tcpOutSegs() {
 
 /** CPU jiffies and start time of every process on the machine that is not ours, by pid. */
 function foreignJiffies() {
-  const ours = new Set([process.pid, ...[...procs].map((p) => p.pid)]);
+  const ours = new Set([process.pid, ...trackedPids()]);
   const out = new Map();
   out.uptime = Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]) * HZ;
   for (const pid of fs.readdirSync('/proc')) {
@@ -257,7 +197,7 @@ function foreignLoad(a, b, secs) {
 function cpuSample(serverPids = []) {
   const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
   const irq = f[5] + f[6]; // irq + softirq: network processing, not charged to any process
-  const ours = [process.pid, ...[...procs].map((p) => p.pid)].reduce((s, pid) => s + jiffies(pid), 0);
+  const ours = [process.pid, ...trackedPids()].reduce((s, pid) => s + jiffies(pid), 0);
   const servers = serverPids.reduce((s, pid) => s + jiffies(pid), 0);
   return { t: now(), irq, ours, servers, segs: tcpOutSegs(), foreign: foreignJiffies() };
 }
@@ -281,13 +221,10 @@ function cpuDelta(a, b) {
 // --------------------------------------------------------------------------------------------- subscribers --
 class Worker {
   constructor(name) {
-    this.child = fork(path.join(HERE, 'lib/sub-worker.mjs'), [], {
+    this.child = track(fork(path.join(HERE, 'lib/sub-worker.mjs'), [], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
+    }));
     this.child.name = name;
-    this.child.exited = new Promise((resolve) => this.child.on('exit', resolve));
-    procs.add(this.child);
-    this.child.exited.then(() => procs.delete(this.child));
     this.waiters = [];
     this.child.on('message', (m) => {
       if (m.ev === 'error') log(`worker ${name}: ${m.message}`);
@@ -509,7 +446,7 @@ function env(nodes, redis, extra) {
     redis,
     pids: pidsOf(nodes, redis),
     stop: async () => {
-      await Promise.all(nodes.map((s) => stopProc(s.proc)));
+      await Promise.all(nodes.map((s) => s.stop()));
       await redis?.stop();
     },
     ...extra,
@@ -628,7 +565,7 @@ async function commands() {
       } finally {
         publish?.close();
         await Promise.all(workers.map((w) => w.close()));
-        await Promise.all(nodes.map((s) => stopProc(s.proc)));
+        await Promise.all(nodes.map((s) => s.stop()));
         await redis.stop();
       }
     }
@@ -667,7 +604,7 @@ async function memory() {
       log(`  RSS ${before} KiB -> ${after} KiB: ${fmt(((after - before) * 1024) / C.idle / 1024, 1)} KiB per connection`);
     } finally {
       await Promise.all(workers.map((w) => w.close()));
-      await stopProc(s.proc);
+      await s.stop();
     }
   }
   return rows;
@@ -802,7 +739,7 @@ async function main() {
   // Whatever happens, the bench ends: a watchdog stops every process it started.
   setTimeout(async () => {
     log('watchdog: the bench ran over 9 minutes; stopping');
-    await stopAll();
+    await stopAll(2000);
     process.exit(2);
   }, 9 * 60_000).unref();
   const idle = await background();
@@ -822,6 +759,6 @@ main()
     process.exitCode = 1;
   })
   .finally(async () => {
-    await stopAll();
+    await stopAll(2000);
     process.exit();
   });

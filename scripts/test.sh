@@ -25,7 +25,7 @@ fi
 # Debian's nginx package starts a system nginx on :80; the tests run their own on free ports, so stop it.
 if pgrep -x nginx >/dev/null && [ -f /run/nginx.pid ]; then nginx -s quit 2>/dev/null || true; fi
 
-# --- node packages (the client itself has none; tests use ws, eventsource and playwright-core) ---------------
+# --- node packages (the client itself has none; tests use ws, eventsource, playwright-core and typescript) ---
 log "npm ci"
 npm ci --no-audit --no-fund --loglevel=error || exit 1
 

@@ -1,9 +1,10 @@
-// Shared harness for the Node and browser tests: starts the real gateway, redis-server and nginx on free ports
-// in temp dirs, and kills every process it started when the test process exits.
+// The one process launcher for JavaScript: the Node and browser tests and the benchmark (bench/bench.mjs) start
+// the real gateway, redis-server, nginx and other servers through it, on free ports in temp dirs, and it kills
+// every process it started when the process using it exits.
 
 import { spawn } from "node:child_process";
 import { createServer, connect as tcpConnect } from "node:net";
-import { mkdtempSync, readFileSync, writeFileSync, rmSync, mkdirSync, chmodSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync, rmSync, mkdirSync, chmodSync, openSync, closeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve, isAbsolute } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -79,19 +80,12 @@ export function makeTempDir(prefix = "stickless-") {
   return d;
 }
 
-/** Spawns a process, keeps the last lines of its output, and registers it for the exit cleanup. */
-function spawnTracked(cmd, args, opts = {}) {
-  const proc = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], ...opts });
+/**
+ * Registers a child process (from spawn or fork) for stopAll() and the exit cleanup, and gives it `exited`: a
+ * promise of {code, signal} (or {error}) once it is gone.
+ */
+export function track(proc) {
   children.add(proc);
-  const lines = [];
-  const keep = (chunk) => {
-    const text = chunk.toString();
-    if (process.env.STICKLESS_TEST_LOG) process.stderr.write(`[${cmd.split("/").pop()}] ${text}`);
-    lines.push(text);
-    if (lines.length > 400) lines.splice(0, lines.length - 400);
-  };
-  proc.stdout.on("data", keep);
-  proc.stderr.on("data", keep);
   proc.exited = new Promise((resolve) => {
     proc.once("exit", (code, signal) => {
       children.delete(proc);
@@ -102,6 +96,36 @@ function spawnTracked(cmd, args, opts = {}) {
       resolve({ code: null, signal: null, error: err });
     });
   });
+  return proc;
+}
+
+/** The pids of every process started here and still running. */
+export function trackedPids() {
+  return [...children].map((p) => p.pid);
+}
+
+/**
+ * Spawns a tracked process. Its output goes to `logFile` (appended) when given - the bench keeps logs and does
+ * not spend its CPU reading them - or else is kept in memory (the last lines); output() returns it either way.
+ */
+function spawnTracked(cmd, args, { logFile, ...opts } = {}) {
+  if (logFile) {
+    const fd = openSync(logFile, "a");
+    const proc = track(spawn(cmd, args, { stdio: ["ignore", fd, fd], ...opts }));
+    closeSync(fd);
+    proc.output = () => readFileSync(logFile, "utf8").slice(-16000);
+    return proc;
+  }
+  const proc = track(spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], ...opts }));
+  const lines = [];
+  const keep = (chunk) => {
+    const text = chunk.toString();
+    if (process.env.STICKLESS_TEST_LOG) process.stderr.write(`[${cmd.split("/").pop()}] ${text}`);
+    lines.push(text);
+    if (lines.length > 400) lines.splice(0, lines.length - 400);
+  };
+  proc.stdout.on("data", keep);
+  proc.stderr.on("data", keep);
   proc.output = () => lines.join("");
   return proc;
 }
@@ -123,6 +147,23 @@ async function stopProc(proc, graceMs = 5000) {
   const r = await proc.exited;
   clearTimeout(t);
   return r;
+}
+
+/** Stops every process started here (SIGTERM, then SIGKILL after graceMs), all at once. */
+export async function stopAll(graceMs) {
+  await Promise.all([...children].map((p) => stopProc(p, graceMs)));
+}
+
+/** Whether something accepts TCP connections on 127.0.0.1:port. */
+export function portOpen(port) {
+  return new Promise((resolve) => {
+    const s = tcpConnect(port, "127.0.0.1");
+    s.on("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.on("error", () => resolve(false));
+  });
 }
 
 async function untilUp(proc, check, what, timeoutMs) {
@@ -148,13 +189,14 @@ async function untilUp(proc, check, what, timeoutMs) {
 
 /**
  * Starts the gateway binary on a free port (`--listen 127.0.0.1:<port>` plus `args`) and waits until
- * GET /v1/negotiate answers. Returns {url, port, proc, logs(), stop(), kill(signal)}.
+ * GET /v1/negotiate answers. `logFile`: see spawnTracked. Returns {url, port, proc, logs(), stop(), kill(signal)}.
  */
-export async function startGateway({ args = [], env = {}, bin = process.env.STICKLESS_BIN || DEFAULT_BIN, port, timeoutMs = 30000 } = {}) {
+export async function startGateway({ args = [], env = {}, bin = process.env.STICKLESS_BIN || DEFAULT_BIN, port, logFile, timeoutMs = 30000 } = {}) {
   port = port || (await freePort());
   const url = `http://127.0.0.1:${port}`;
   const proc = spawnTracked(bin, ["--listen", `127.0.0.1:${port}`, ...args], {
-    env: { RUST_LOG: "warn", ...process.env, ...env },
+    env: { STICKLESS_LOG: "warn", ...process.env, ...env },
+    logFile,
   });
   await untilUp(
     proc,
@@ -197,11 +239,14 @@ function redisPing(port) {
   });
 }
 
-/** Starts redis-server without persistence on a free port in a temp dir. Returns {url, port, dir, proc, stop(), kill()}. */
-export async function startRedis({ args = [], bin = process.env.REDIS_SERVER_BIN || "redis-server", port, timeoutMs = 15000 } = {}) {
+/**
+ * Starts redis-server without persistence on a free port in a temp dir. `logFile`: see spawnTracked. Returns
+ * {url, port, dir, proc, stop(), kill()}.
+ */
+export async function startRedis({ args = [], bin = process.env.REDIS_SERVER_BIN || "redis-server", port, logFile, timeoutMs = 15000 } = {}) {
   port = port || (await freePort());
   const dir = makeTempDir("stickless-redis-");
-  const proc = spawnTracked(bin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, ...args], { cwd: dir });
+  const proc = spawnTracked(bin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, ...args], { cwd: dir, logFile });
   await untilUp(proc, () => redisPing(port), "redis-server", timeoutMs);
   return {
     url: `redis://127.0.0.1:${port}`,
@@ -218,11 +263,11 @@ export async function startRedis({ args = [], bin = process.env.REDIS_SERVER_BIN
 
 /**
  * Starts any other server process (`cmd args`), tracked like the gateway (killed when the test process exits),
- * and waits until `ready()` (may be async) returns truthy. `what` names it in errors. Returns {proc, logs(),
- * stop(), kill(signal)}.
+ * and waits until `ready()` (may be async) returns truthy. `what` names it in errors; `logFile`: see
+ * spawnTracked. Returns {proc, logs(), stop(), kill(signal)}.
  */
-export async function startProcess({ cmd, args = [], env = {}, cwd, ready, what = cmd, timeoutMs = 30000 }) {
-  const proc = spawnTracked(cmd, args, { env: { ...process.env, ...env }, ...(cwd ? { cwd } : {}) });
+export async function startProcess({ cmd, args = [], env = {}, cwd, ready, what = cmd, logFile, timeoutMs = 30000 }) {
+  const proc = spawnTracked(cmd, args, { env: { ...process.env, ...env }, ...(cwd ? { cwd } : {}), logFile });
   await untilUp(proc, ready, what, timeoutMs);
   return {
     proc,
@@ -260,20 +305,7 @@ export async function startNginx({ template, vars = {}, bin = process.env.NGINX_
   const proc = spawnTracked(bin, ["-p", dir + "/", "-c", join(dir, "nginx.conf"), "-e", join(dir, "error.log"), "-g", "daemon off;"]);
   proc.exitSignal = "SIGTERM";
   const url = `http://127.0.0.1:${port}`;
-  await untilUp(
-    proc,
-    () =>
-      new Promise((resolve) => {
-        const s = tcpConnect(port, "127.0.0.1");
-        s.on("connect", () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.on("error", () => resolve(false));
-      }),
-    "nginx",
-    timeoutMs,
-  );
+  await untilUp(proc, () => portOpen(port), "nginx", timeoutMs);
   return {
     url,
     port,

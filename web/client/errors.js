@@ -1,0 +1,29 @@
+// errors.js - the one error type the client rejects and emits with, so an application can branch on `code`
+// (the protocol's codes from docs/PROTOCOL.md, or the client's own such as "closed" and "timeout") whichever
+// transport or HTTP call the failure came from.
+
+/** An error carrying the protocol's error `code` (e.g. "invalid_channel", "session_unknown"). */
+export class StickError extends Error {
+  constructor(code, message, extra = {}) {
+    super(message || code);
+    this.name = "StickError";
+    this.code = code;
+    Object.assign(this, extra);
+  }
+}
+
+/** The StickError of a failed HTTP answer: its `{"error":{code, message}}` body, or `http_<status>` without one. */
+export async function readError(res) {
+  let code = `http_${res.status}`;
+  let message = `HTTP ${res.status}`;
+  try {
+    const body = await res.json();
+    if (body && body.error) {
+      code = body.error.code || code;
+      message = body.error.message || message;
+    }
+  } catch (_) {
+    // not JSON: keep the status
+  }
+  return new StickError(code, message, { status: res.status });
+}
