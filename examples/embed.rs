@@ -4,8 +4,8 @@
 //! ```sh
 //! cargo run --example embed -- 127.0.0.1:3000
 //! curl -s localhost:3000/hello
-//! curl -N 'localhost:3000/v1/sse?channels=news'        # in one terminal
-//! curl -s -XPOST localhost:3000/v1/publish -d '{"channel":"news","data":"hi"}'   # in another
+//! curl -N 'localhost:3000/v1/sse?channels=demo:news'        # in one terminal
+//! curl -s -XPOST localhost:3000/v1/publish -d '{"channel":"demo:news","data":"hi"}'   # in another
 //! ```
 
 use std::time::Duration;
@@ -29,6 +29,8 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         stop.shutdown();
     });
+    // Connect info gives stickless each client's address (for per-IP limits); without it, limits are per node.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(handle.shutdown_requested()).await?;
     handle.finished(Duration::from_secs(5)).await;
     Ok(())

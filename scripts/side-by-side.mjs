@@ -44,7 +44,7 @@ const demo = (p) => `${p.url}/?transport=long-polling`;
 console.log(`stickless side by side: two nodes on one Redis, two nginx (nginx/gateway.conf) in front of both
 
   redis        ${redis.url}
-  node n1      ${nodes.n1.url}   (publishes demo.ticker every ${tickerMs} ms)
+  node n1      ${nodes.n1.url}   (publishes demo:ticker every ${tickerMs} ms)
   node n2      ${nodes.n2.url}
   round-robin  ${rr.url}   nginx, no affinity: each request goes to the next node
   sticky       ${sticky.url}   nginx, "${BALANCE.sticky}" on ?session=: a session stays on one node
@@ -56,7 +56,7 @@ Open these two side by side:
 In each page's node table ("polls" column): through round-robin the polls alternate between n1 and n2; through
 sticky every poll after the first stays on one node (the first poll creates the session, carries no ?session=
 and may land on either node). Both pages show every message once, in order. Publish from a backend with
-  curl -s -XPOST ${nodes.n2.url}/v1/publish -d '{"channel":"demo.chat","data":{"user":"backend","text":"hi"}}'
+  curl -s -XPOST ${nodes.n2.url}/v1/publish -d '{"channel":"demo:chat","data":{"user":"backend","text":"hi"}}'
 
 nginx logs: ${rr.dir}/logs/access.log and ${sticky.dir}/logs/access.log
 Ctrl-C stops everything.`);

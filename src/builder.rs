@@ -10,6 +10,7 @@ use stickless_transports::Lifecycle;
 
 use crate::gateway::Gateway;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::settings::Settings;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -26,6 +27,8 @@ pub struct Builder {
 pub enum BuildError {
     #[error("cannot reach Redis at {url}: {source}")]
     Redis { url: String, source: StoreError },
+    #[error("{0}")]
+    Settings(String),
 }
 
 impl Builder {
@@ -45,32 +48,44 @@ impl Builder {
         let settings = self.settings.sane();
         let node = settings.node_id.clone().unwrap_or_else(|| format!("node-{}", crate::model::random_hex(2)));
         let handle = Handle { lifecycle: Lifecycle::default(), node: node.clone() };
+        // One set of limiters for the node: the gateway's, and the store's for the channels it creates.
+        let limits = Limits::new(&settings.limits);
         let router = match &settings.redis_url {
             None => {
                 let hub = Hub::local();
-                let store = MemoryStore::new(settings.retention(), hub.clone());
+                let store = MemoryStore::bounded(settings.retention(), hub.clone(), limits.clone());
                 store.spawn_sweeper(Duration::from_secs(5));
-                assemble(store, hub, &settings, &handle)
+                assemble(store, hub, &settings, &handle, limits)?
             }
             Some(url) => {
                 let (hub, commands) = Hub::with_listener();
-                let store =
-                    RedisStore::connect(url, &settings.redis_prefix, settings.retention(), hub.clone(), commands)
-                        .await
-                        .map_err(|source| BuildError::Redis { url: url.clone(), source })?;
-                assemble(store, hub, &settings, &handle)
+                let (prefix, retention) = (&settings.redis_prefix, settings.retention());
+                let store = RedisStore::connect_limited(url, prefix, retention, hub.clone(), commands, limits.clone())
+                    .await
+                    .map_err(|source| BuildError::Redis { url: url.clone(), source })?;
+                assemble(store, hub, &settings, &handle, limits)?
             }
         };
+        for line in settings.namespaces.describe_anonymous() {
+            tracing::info!("{line}");
+        }
         Ok((router, handle))
     }
 }
 
-fn assemble<S: Store>(store: Arc<S>, hub: Arc<Hub>, settings: &Settings, handle: &Handle) -> Router {
-    let gateway = Gateway::new(store, hub, settings.clone(), handle.node.clone());
+fn assemble<S: Store>(
+    store: Arc<S>,
+    hub: Arc<Hub>,
+    settings: &Settings,
+    handle: &Handle,
+    limits: Limits,
+) -> Result<Router, BuildError> {
+    let gateway =
+        Gateway::new(store, hub, settings.clone(), handle.node.clone(), limits).map_err(BuildError::Settings)?;
     if let Some(every) = settings.demo_ticker {
         crate::demo::spawn_ticker(gateway.clone(), every, handle.lifecycle.shutdown.clone());
     }
-    crate::http::router(gateway, settings, handle.lifecycle.clone())
+    Ok(crate::http::router(gateway, settings, handle.lifecycle.clone()))
 }
 
 /// A built node's controls. Clones control the same node.

@@ -1,14 +1,20 @@
-//! The command line: every [`Settings`] field as a flag, each also settable by a `STICKLESS_*` environment
-//! variable. Defaults come from `Settings::default()`; only the demo ticker and the web directory default
-//! differently here, because the binary serves the demo and an embedding application does not.
+//! The command line and the configuration file. Every [`Settings`] field can be set in a TOML file
+//! (`--config FILE` or `STICKLESS_CONFIG`; `examples/config.toml` shows and explains every key), and the common
+//! ones by a flag, each also settable by a `STICKLESS_*` environment variable. A flag or variable that is given
+//! overrides the file; the file overrides the defaults of `Settings::default()`. Only the demo ticker and the web
+//! directory default differently here, because the binary serves the demo and an embedding application does not.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use serde::Deserialize;
 use stickless_transports::Transport;
 
+use crate::auth::Namespace;
 use crate::settings::Settings;
 
 fn defaults() -> Settings {
@@ -19,6 +25,10 @@ fn defaults() -> Settings {
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 pub struct Config {
+    /// A TOML configuration file (see examples/config.toml); flags and environment variables override it.
+    #[arg(long, env = "STICKLESS_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on.
     #[arg(long, env = "STICKLESS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -100,13 +110,57 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_WEB_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
     pub web_dir: PathBuf,
 
-    /// Publish a demo ticker to `demo.ticker` every N milliseconds (0: off). Turn it off in production.
+    /// Publish a demo ticker to `demo:ticker` every N milliseconds (0: off). Turn it off in production.
     #[arg(long, env = "STICKLESS_DEMO_TICKER_MS", default_value_t = 1000)]
     pub demo_ticker_ms: u64,
 
     /// Log format: text or json.
     #[arg(long, env = "STICKLESS_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// HS256 secret connection tokens are signed with (at least 32 bytes).
+    #[arg(long, env = "STICKLESS_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// A PEM public key connection tokens are signed for (RSA: RS256; EC P-256: ES256).
+    #[arg(long, env = "STICKLESS_TOKEN_PUBLIC_KEY")]
+    pub token_public_key: Option<PathBuf>,
+
+    /// A JWKS file of keys connection tokens are signed for (chosen by `kid`).
+    #[arg(long, env = "STICKLESS_TOKEN_JWKS")]
+    pub token_jwks: Option<PathBuf>,
+
+    /// The `iss` connection tokens must carry.
+    #[arg(long, env = "STICKLESS_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// The `aud` connection tokens must carry.
+    #[arg(long, env = "STICKLESS_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
+    /// The application's hook endpoint (connect, subscribe, publish).
+    #[arg(long, env = "STICKLESS_HOOK_URL")]
+    pub hook_url: Option<String>,
+
+    /// The HMAC-SHA256 key hook requests are signed with.
+    #[arg(long, env = "STICKLESS_HOOK_SECRET", hide_env_values = true)]
+    pub hook_secret: Option<String>,
+
+    /// Milliseconds a hook may take before the client gets `hook_unavailable`.
+    #[arg(long, env = "STICKLESS_HOOK_TIMEOUT_MS", default_value_t = defaults().hooks.timeout.as_millis() as u64)]
+    pub hook_timeout_ms: u64,
+
+    /// Send clients that connect without a token to the connect hook.
+    #[arg(long, env = "STICKLESS_HOOK_CONNECT", default_value_t = defaults().hooks.connect, action = clap::ArgAction::Set)]
+    pub hook_connect: bool,
+
+    /// Proxies whose X-Forwarded-For names the client (comma-separated addresses).
+    #[arg(long, env = "STICKLESS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
+
+    /// The flags and variables given explicitly (they override the file).
+    #[arg(skip)]
+    explicit: BTreeSet<String>,
 }
 
 /// The transports to serve.
@@ -133,30 +187,223 @@ fn parse_transports(text: &str) -> Result<TransportList, String> {
 }
 
 impl Config {
-    /// The settings these flags describe.
-    pub fn settings(&self) -> Settings {
-        Settings {
-            node_id: self.node_id.clone(),
-            redis_url: self.redis_url.clone(),
-            redis_prefix: self.redis_prefix.clone(),
-            transports: self.transports.0.clone(),
-            history_size: self.history_size,
-            history_ttl: Duration::from_secs(self.history_ttl),
-            session_ttl: Duration::from_secs(self.session_ttl),
-            dedupe_ttl: Duration::from_secs(self.dedupe_ttl),
-            poll_timeout: Duration::from_millis(self.poll_timeout_ms),
-            heartbeat: Duration::from_millis(self.heartbeat_ms),
-            max_message_bytes: self.max_message_bytes,
-            max_subscriptions: self.max_subscriptions,
-            max_frames_per_send: self.max_frames_per_send,
-            max_batch: self.max_batch,
-            max_connections: self.max_connections,
-            allowed_origins: self.allowed_origins.clone(),
-            api_key: self.api_key.clone(),
-            client_presence: self.client_presence,
-            web_dir: Some(self.web_dir.clone()),
-            demo_ticker: (self.demo_ticker_ms > 0).then(|| Duration::from_millis(self.demo_ticker_ms)),
+    /// The command line of this process.
+    pub fn load() -> Config {
+        Self::from_matches(Config::command().get_matches()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// A command line from `args` (the first is the program's name).
+    pub fn try_load_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::from_matches(Config::command().try_get_matches_from(args)?)
+    }
+
+    fn from_matches(matches: clap::ArgMatches) -> Result<Config, clap::Error> {
+        let mut config = Config::from_arg_matches(&matches)?;
+        config.explicit = matches
+            .ids()
+            .filter(|id| {
+                matches!(matches.value_source(id.as_str()), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+            })
+            .map(|id| id.as_str().to_owned())
+            .collect();
+        Ok(config)
+    }
+
+    fn given(&self, id: &str) -> bool {
+        self.explicit.contains(id)
+    }
+
+    /// The settings: the defaults, then the configuration file, then the flags and variables given.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(path) => File::read(path)?,
+            None => File::default(),
+        };
+        // The binary serves the demo and runs its ticker unless the file or a flag says otherwise.
+        let (file_sets_web_dir, file_sets_ticker) = (file.web_dir.is_some(), file.demo_ticker_ms.is_some());
+        let mut settings = file.apply(Settings::default());
+        if !file_sets_web_dir || self.given("web_dir") {
+            settings.web_dir = Some(self.web_dir.clone());
         }
+        if !file_sets_ticker || self.given("demo_ticker_ms") {
+            settings.demo_ticker = (self.demo_ticker_ms > 0).then(|| Duration::from_millis(self.demo_ticker_ms));
+        }
+        macro_rules! flag {
+            ($($id:literal => $apply:expr;)*) => {
+                $( if self.given($id) { $apply(&mut settings); } )*
+            };
+        }
+        flag! {
+            "node_id" => |s: &mut Settings| s.node_id = self.node_id.clone();
+            "redis_url" => |s: &mut Settings| s.redis_url = self.redis_url.clone();
+            "redis_prefix" => |s: &mut Settings| s.redis_prefix = self.redis_prefix.clone();
+            "transports" => |s: &mut Settings| s.transports = self.transports.0.clone();
+            "history_size" => |s: &mut Settings| s.history_size = self.history_size;
+            "history_ttl" => |s: &mut Settings| s.history_ttl = Duration::from_secs(self.history_ttl);
+            "session_ttl" => |s: &mut Settings| s.session_ttl = Duration::from_secs(self.session_ttl);
+            "dedupe_ttl" => |s: &mut Settings| s.dedupe_ttl = Duration::from_secs(self.dedupe_ttl);
+            "poll_timeout_ms" => |s: &mut Settings| s.poll_timeout = Duration::from_millis(self.poll_timeout_ms);
+            "heartbeat_ms" => |s: &mut Settings| s.heartbeat = Duration::from_millis(self.heartbeat_ms);
+            "max_message_bytes" => |s: &mut Settings| s.max_message_bytes = self.max_message_bytes;
+            "max_subscriptions" => |s: &mut Settings| s.max_subscriptions = self.max_subscriptions;
+            "max_frames_per_send" => |s: &mut Settings| s.max_frames_per_send = self.max_frames_per_send;
+            "max_batch" => |s: &mut Settings| s.max_batch = self.max_batch;
+            "max_connections" => |s: &mut Settings| s.max_connections = self.max_connections;
+            "allowed_origins" => |s: &mut Settings| s.allowed_origins = self.allowed_origins.clone();
+            "api_key" => |s: &mut Settings| s.api_key = self.api_key.clone();
+            "client_presence" => |s: &mut Settings| s.client_presence = self.client_presence;
+            "token_secret" => |s: &mut Settings| s.token.hs256_secret = self.token_secret.clone();
+            "token_public_key" => |s: &mut Settings| s.token.public_key = self.token_public_key.clone();
+            "token_jwks" => |s: &mut Settings| s.token.jwks = self.token_jwks.clone();
+            "token_issuer" => |s: &mut Settings| s.token.issuer = self.token_issuer.clone();
+            "token_audience" => |s: &mut Settings| s.token.audience = self.token_audience.clone();
+            "hook_url" => |s: &mut Settings| s.hooks.url = self.hook_url.clone();
+            "hook_secret" => |s: &mut Settings| s.hooks.secret = self.hook_secret.clone();
+            "hook_timeout_ms" => |s: &mut Settings| s.hooks.timeout = Duration::from_millis(self.hook_timeout_ms);
+            "hook_connect" => |s: &mut Settings| s.hooks.connect = self.hook_connect;
+            "trusted_proxies" => |s: &mut Settings| s.limits.trusted_proxies = self.trusted_proxies.clone();
+        }
+        Ok(settings)
+    }
+}
+
+/// The configuration file: every key optional, durations in seconds (`_s`) or milliseconds (`_ms`) as named.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    node_id: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    transports: Option<Vec<String>>,
+    history_size: Option<usize>,
+    history_ttl_s: Option<u64>,
+    session_ttl_s: Option<u64>,
+    dedupe_ttl_s: Option<u64>,
+    poll_timeout_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    max_message_bytes: Option<usize>,
+    max_subscriptions: Option<usize>,
+    max_frames_per_send: Option<usize>,
+    max_batch: Option<usize>,
+    max_connections: Option<usize>,
+    allowed_origins: Option<Vec<String>>,
+    api_key: Option<String>,
+    web_dir: Option<PathBuf>,
+    demo_ticker_ms: Option<u64>,
+    #[serde(default)]
+    token: FileToken,
+    #[serde(default)]
+    hooks: FileHooks,
+    #[serde(default)]
+    limits: FileLimits,
+    /// `[namespaces.default]` for channels without a configured namespace, `[namespaces.NAME]` for `NAME:*`.
+    /// When the file has a `namespaces` table, only what it lists exists (the built-in `demo` is not added).
+    namespaces: Option<BTreeMap<String, Namespace>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToken {
+    hs256_secret: Option<String>,
+    public_key: Option<PathBuf>,
+    jwks: Option<PathBuf>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHooks {
+    url: Option<String>,
+    secret: Option<String>,
+    timeout_ms: Option<u64>,
+    connect: Option<bool>,
+    forward_headers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    frames_per_second: Option<u32>,
+    bytes_per_second: Option<u32>,
+    sessions_per_ip_per_second: Option<u32>,
+    channels_per_second: Option<u32>,
+    trusted_proxies: Option<Vec<IpAddr>>,
+    max_channels: Option<usize>,
+    max_bytes: Option<usize>,
+}
+
+impl File {
+    fn read(path: &Path) -> Result<File, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Relative key paths are relative to the file, so a config works from any directory.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let relative = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        Ok(File {
+            token: FileToken {
+                public_key: file.token.public_key.map(relative),
+                jwks: file.token.jwks.map(relative),
+                ..file.token
+            },
+            web_dir: file.web_dir.map(relative),
+            ..file
+        })
+    }
+
+    fn apply(self, mut s: Settings) -> Settings {
+        fn set<T>(target: &mut T, value: Option<T>) {
+            if let Some(value) = value {
+                *target = value;
+            }
+        }
+        let secs = |v: Option<u64>| v.map(Duration::from_secs);
+        let millis = |v: Option<u64>| v.map(Duration::from_millis);
+        set(&mut s.node_id, self.node_id.map(Some));
+        set(&mut s.redis_url, self.redis_url.map(Some));
+        set(&mut s.redis_prefix, self.redis_prefix);
+        set(&mut s.transports, self.transports.map(|list| list.iter().filter_map(|t| Transport::parse(t)).collect()));
+        set(&mut s.history_size, self.history_size);
+        set(&mut s.history_ttl, secs(self.history_ttl_s));
+        set(&mut s.session_ttl, secs(self.session_ttl_s));
+        set(&mut s.dedupe_ttl, secs(self.dedupe_ttl_s));
+        set(&mut s.poll_timeout, millis(self.poll_timeout_ms));
+        set(&mut s.heartbeat, millis(self.heartbeat_ms));
+        set(&mut s.max_message_bytes, self.max_message_bytes);
+        set(&mut s.max_subscriptions, self.max_subscriptions);
+        set(&mut s.max_frames_per_send, self.max_frames_per_send);
+        set(&mut s.max_batch, self.max_batch);
+        set(&mut s.max_connections, self.max_connections);
+        set(&mut s.allowed_origins, self.allowed_origins);
+        set(&mut s.api_key, self.api_key.map(Some));
+        set(&mut s.web_dir, self.web_dir.map(Some));
+        set(&mut s.demo_ticker, self.demo_ticker_ms.map(|ms| (ms > 0).then(|| Duration::from_millis(ms))));
+        set(&mut s.token.hs256_secret, self.token.hs256_secret.map(Some));
+        set(&mut s.token.public_key, self.token.public_key.map(Some));
+        set(&mut s.token.jwks, self.token.jwks.map(Some));
+        set(&mut s.token.issuer, self.token.issuer.map(Some));
+        set(&mut s.token.audience, self.token.audience.map(Some));
+        set(&mut s.hooks.url, self.hooks.url.map(Some));
+        set(&mut s.hooks.secret, self.hooks.secret.map(Some));
+        set(&mut s.hooks.timeout, millis(self.hooks.timeout_ms));
+        set(&mut s.hooks.connect, self.hooks.connect);
+        set(&mut s.hooks.forward_headers, self.hooks.forward_headers);
+        set(&mut s.limits.frames_per_second, self.limits.frames_per_second);
+        set(&mut s.limits.bytes_per_second, self.limits.bytes_per_second);
+        set(&mut s.limits.sessions_per_ip_per_second, self.limits.sessions_per_ip_per_second);
+        set(&mut s.limits.channels_per_second, self.limits.channels_per_second);
+        set(&mut s.limits.trusted_proxies, self.limits.trusted_proxies);
+        set(&mut s.limits.max_channels, self.limits.max_channels);
+        set(&mut s.limits.max_bytes, self.limits.max_bytes);
+        if let Some(mut namespaces) = self.namespaces {
+            s.namespaces.default = namespaces.remove("default").unwrap_or_else(Namespace::by_token);
+            s.namespaces.named = namespaces;
+        }
+        s
     }
 }
 
@@ -166,8 +413,23 @@ mod tests {
 
     #[test]
     fn flags_default_to_the_settings_defaults() {
-        let settings = Config::parse_from(["stickless"]).settings();
+        let settings = Config::try_load_from(["stickless"]).unwrap().settings().unwrap();
         let defaults = Settings::default();
         assert_eq!(format!("{:?}", Settings { web_dir: None, demo_ticker: None, ..settings }), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn the_example_file_loads_and_flags_override_it() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config.toml");
+        let config = Config::try_load_from(["stickless", "--config", example, "--history-size", "7"]).unwrap();
+        let settings = config.settings().unwrap();
+        assert_eq!(settings.history_size, 7, "a flag overrides the file");
+        assert!(settings.namespaces.named.contains_key("demo"));
+        assert!(settings.namespaces.named.values().any(|ns| ns.user_channels));
+        let bad = std::env::temp_dir().join(format!("stickless-bad-{}.toml", std::process::id()));
+        std::fs::write(&bad, "histroy_size = 3\n").unwrap();
+        let err =
+            Config::try_load_from(["stickless", "--config", bad.to_str().unwrap()]).unwrap().settings().unwrap_err();
+        assert!(err.contains("histroy_size"), "{err}");
     }
 }

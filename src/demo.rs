@@ -1,4 +1,4 @@
-//! The demo ticker: publishes `{seq, price}` to `demo.ticker` so the page at `/` has a live stream to show.
+//! The demo ticker: publishes `{seq, price}` to `demo:ticker` so the page at `/` has a live stream to show.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use crate::gateway::Gateway;
 use crate::store::Store;
 
-pub const TICKER_CHANNEL: &str = "demo.ticker";
+pub const TICKER_CHANNEL: &str = "demo:ticker";
 
 pub fn spawn_ticker<S: Store>(gateway: Gateway<S>, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {

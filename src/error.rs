@@ -10,6 +10,9 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use stickless_transports::{Refusal, Rejection};
 
+use crate::auth::hooks::HookUnavailable;
+use crate::auth::token::TokenError;
+use crate::limits::RetryAfter;
 use crate::model::ModelError;
 use crate::protocol::{self, Downstream, ErrorCode, ProtocolError};
 use crate::store::StoreError;
@@ -20,6 +23,12 @@ pub enum Error {
     Protocol(#[from] ProtocolError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("the application's hook did not answer; nothing was done: {0}")]
+    Hook(#[from] HookUnavailable),
+    #[error("too many requests; retry in {} ms", .0.0.as_millis())]
+    RateLimited(RetryAfter),
     #[error("at most {0} frames per send")]
     TooManyFrames(usize),
     #[error("data is over max_message_bytes ({0})")]
@@ -57,6 +66,12 @@ impl Error {
             Error::Protocol(err) => err.code(),
             Error::Store(StoreError::TooManySubscriptions(_)) => ErrorCode::TooManySubscriptions,
             Error::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
+            // A bound of the store is a quota like the rate limits: one code for clients to back off on.
+            Error::Store(StoreError::RateLimited(_) | StoreError::Full(_)) => ErrorCode::RateLimited,
+            Error::Token(TokenError::Expired) => ErrorCode::TokenExpired,
+            Error::Token(TokenError::Invalid(_)) => ErrorCode::TokenInvalid,
+            Error::Hook(_) => ErrorCode::HookUnavailable,
+            Error::RateLimited(_) => ErrorCode::RateLimited,
             Error::TooManyFrames(_) => ErrorCode::TooManyFrames,
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::Plain(code) | Error::Other(code, _) => *code,
@@ -91,6 +106,12 @@ impl Error {
             close_code: code.close_code(),
             body: self.body(),
             frame: self.frame(None),
+            retry_after: match self {
+                Error::RateLimited(RetryAfter(wait)) | Error::Store(StoreError::RateLimited(RetryAfter(wait))) => {
+                    Some(*wait)
+                }
+                _ => None,
+            },
         }
     }
 }
@@ -114,7 +135,7 @@ impl From<Refusal> for Error {
             Refusal::BadBody(why) => Error::invalid(why),
             Refusal::BodyTooLarge => Error::plain(ErrorCode::PayloadTooLarge),
             Refusal::MissingSession => Error::invalid("`session` query parameter is required"),
-            Refusal::ForbiddenOrigin => Error::with(ErrorCode::Forbidden, "this Origin may not open a WebSocket here"),
+            Refusal::ForbiddenOrigin => Error::with(ErrorCode::Forbidden, "this Origin may not use this server"),
             Refusal::BinaryMessage => Error::plain(ErrorCode::BinaryUnsupported),
             Refusal::Internal => Error::plain(ErrorCode::Internal),
         }

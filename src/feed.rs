@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use stickless_transports::Outbound;
+use stickless_transports::{Ending, Outbound};
 use tokio_stream::StreamMap;
 
 use crate::hub::{Hub, Listener, Live, Topic};
-use crate::model::{ChannelName, Position, SessionId, SessionRecord};
+use crate::model::{now_secs, ChannelName, Position, SessionId, SessionRecord};
 use crate::protocol::{Downstream, ErrorCode};
 use crate::recovery::{Tracker, Verdict};
 use crate::store::{ChannelLog, Sessions, StoreError};
@@ -47,8 +47,19 @@ struct State {
 impl State {
     fn outbound(&self, frame: Bytes) -> Outbound {
         let position = self.track.then(|| self.tracker.position().to_string());
-        Outbound { frame, position }
+        Outbound { frame, position, end: None }
     }
+
+    /// The feed's last frame: an `error` with `code`, which ends the connection.
+    fn last(&self, code: ErrorCode, message: &str) -> Outbound {
+        let end = Ending { close_code: code.close_code(), reason: code.as_str() };
+        Outbound { end: Some(end), ..self.outbound(Downstream::error(None, code, message)) }
+    }
+}
+
+/// How long until `record`'s grant expires; `None` for an anonymous session.
+fn until_expiry(record: &SessionRecord) -> Option<Duration> {
+    record.grant.as_ref().map(|g| Duration::from_secs(g.exp.saturating_sub(now_secs())))
 }
 
 /// The cursor each subscription resumes from: the client's position where it names the channel, else the
@@ -61,10 +72,6 @@ pub fn start_position(record: &SessionRecord, position: &Position) -> Position {
             .map(|(name, started)| (name.clone(), position.get(name).unwrap_or(started).clone()))
             .collect(),
     )
-}
-
-fn session_gone() -> Bytes {
-    Downstream::error(None, ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe())
 }
 
 fn store_failed(err: &StoreError) -> Bytes {
@@ -100,7 +107,7 @@ pub fn open<S: ChannelLog + Sessions>(
                         record = latest;
                     }
                     Ok(None) => {
-                        yield state.outbound(session_gone());
+                        yield state.last(ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe());
                         break;
                     }
                     // Serve what is known and try again on the retry timer.
@@ -155,8 +162,23 @@ pub fn open<S: ChannelLog + Sessions>(
                 _ = touch.tick() => {
                     // A store error here is told by the next failing read; only a gone session ends the feed.
                     if let Ok(false) = source.store.touch_session(&id, &record).await {
-                        yield state.outbound(session_gone());
+                        yield state.last(ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe());
                         break;
+                    }
+                },
+                // The token's `exp`: unless a refresh arrived (on any node), the session stops receiving.
+                _ = tokio::time::sleep(until_expiry(&record).unwrap_or_default()), if record.grant.is_some() => {
+                    match source.store.load_session(&id).await {
+                        Ok(Some(latest)) if until_expiry(&latest).is_some_and(|left| !left.is_zero()) => record = latest,
+                        Ok(Some(_)) => {
+                            yield state.last(ErrorCode::TokenExpired, ErrorCode::TokenExpired.describe());
+                            break;
+                        }
+                        Ok(None) => {
+                            yield state.last(ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe());
+                            break;
+                        }
+                        Err(_) => reload = true,
                     }
                 },
                 // Until the store confirms a live subscription, history is re-read on this timer instead.

@@ -10,18 +10,29 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use stickless_transports::{Attach, Attached, Port, Refusal, Rejection, Transport};
 
+use std::collections::BTreeMap;
+
+use stickless_transports::Client;
+
+use crate::auth::hooks::{self, Caller, ConnectRequest, HookUnavailable, Hooks};
+use crate::auth::token::{TokenError, Verifier};
+use crate::auth::{Action, Decision};
 use crate::error::Error;
 use crate::feed::{self, Feed, Source};
 use crate::hub::{Hub, Topic};
-use crate::model::{now_ms, ChannelName, Cursor, Position, SessionId, SessionRecord};
-use crate::protocol::{self, AckResult, Downstream, ErrorCode, Limits, Negotiation, TransportOffer, Upstream};
+use crate::limits::Limits;
+use crate::model::{now_ms, now_secs, ChannelName, Cursor, Grant, Position, Sender, SessionId, SessionRecord};
+use crate::protocol::{self, AckResult, Downstream, ErrorCode, Negotiation, TransportOffer, Upstream};
 use crate::settings::Settings;
-use crate::store::Store;
+use crate::store::{Append, Store};
 
 struct Core<S> {
     source: Arc<Source<S>>,
     settings: Settings,
     node: String,
+    verifier: Option<Verifier>,
+    hooks: Option<Hooks>,
+    limits: Limits,
 }
 
 /// The cheap handle the transports and the HTTP API hold.
@@ -34,9 +45,13 @@ impl<S> Clone for Gateway<S> {
 }
 
 impl<S: Store> Gateway<S> {
-    pub fn new(store: Arc<S>, hub: Arc<Hub>, settings: Settings, node: String) -> Self {
+    /// The gateway for `settings`, within the node's `limits` (shared with its store); fails when a token key
+    /// cannot be loaded.
+    pub fn new(store: Arc<S>, hub: Arc<Hub>, settings: Settings, node: String, limits: Limits) -> Result<Self, String> {
         let source = Arc::new(Source { store, hub, max_batch: settings.max_batch, session_ttl: settings.session_ttl });
-        Gateway(Arc::new(Core { source, settings, node }))
+        let verifier = Verifier::load(&settings.token)?;
+        let hooks = Hooks::new(&settings.hooks);
+        Ok(Gateway(Arc::new(Core { source, settings, node, verifier, hooks, limits })))
     }
 
     fn store(&self) -> &S {
@@ -59,7 +74,7 @@ impl<S: Store> Gateway<S> {
             return Err(Error::invalid("`idempotency_key` must be 1..128 chars"));
         }
         let dedupe = idempotency_key.map(|k| format!("k:{k}"));
-        let cursor = self.append(&channel, data, dedupe.as_deref()).await?;
+        let cursor = self.append(&channel, data, dedupe.as_deref(), None).await?;
         Ok((channel, cursor))
     }
 
@@ -70,12 +85,77 @@ impl<S: Store> Gateway<S> {
         Ok((channel, pids))
     }
 
-    async fn append(&self, channel: &ChannelName, data: &RawValue, dedupe: Option<&str>) -> Result<Cursor, Error> {
-        let max = self.settings().max_message_bytes;
+    async fn append(
+        &self,
+        channel: &ChannelName,
+        data: &RawValue,
+        dedupe: Option<&str>,
+        from: Option<&Sender>,
+    ) -> Result<Cursor, Error> {
+        let max = self.settings().max_message_bytes(channel);
         if data.get().len() > max {
             return Err(Error::PayloadTooLarge(max));
         }
-        Ok(self.store().append(channel, &protocol::compact(data), now_ms(), dedupe).await?)
+        let data = protocol::compact(data);
+        let keep = self.settings().keep(channel);
+        Ok(self.store().append(channel, Append { data: &data, ts: now_ms(), dedupe, from, keep }).await?)
+    }
+
+    /// The grant `token` gives, when this server accepts tokens.
+    fn verify(&self, token: &str) -> Result<Grant, Error> {
+        let verifier =
+            self.0.verifier.as_ref().ok_or_else(|| {
+                TokenError::Invalid("this server accepts no tokens (no token key is configured)".into())
+            })?;
+        Ok(verifier.verify(token)?)
+    }
+
+    /// What a new session may do: its token's grant, or the connect hook's answer, or nothing (anonymous).
+    async fn connect(
+        &self,
+        client: &Client,
+        transport: &str,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<Option<Grant>, Error> {
+        if let Some(token) = &client.token {
+            return Ok(Some(self.verify(token)?));
+        }
+        let Some(hooks) = self.0.hooks.as_ref().filter(|h| h.asks_on_connect()) else {
+            return Ok(None);
+        };
+        let headers: BTreeMap<String, String> = client.headers.iter().cloned().collect();
+        match hooks.connect(ConnectRequest { ip, transport, headers: &headers }).await? {
+            hooks::Connect::Allow(grant) => Ok(Some(grant)),
+            hooks::Connect::Deny(reason) => Err(Error::with(ErrorCode::Forbidden, reason)),
+        }
+    }
+
+    /// Whether the session may do `action` on `channel`, by its namespace's rules, its grant, or the hook.
+    async fn authorize(&self, action: Action, channel: &ChannelName, record: &SessionRecord) -> Result<(), Error> {
+        match self.settings().namespaces.decide(action, channel, record.grant.as_ref()) {
+            Decision::Allow => Ok(()),
+            Decision::Deny => Err(forbidden(action, channel)),
+            Decision::AskHook => {
+                let hooks = self.hooks()?;
+                let caller = caller(record);
+                let answer = match action {
+                    Action::Subscribe => hooks.subscribe(caller, channel).await?,
+                    // Presence and publish never ask here: presence has no hook, publish asks with its data.
+                    Action::Presence | Action::Publish => return Err(forbidden(action, channel)),
+                };
+                match answer {
+                    hooks::Subscribe::Allow => Ok(()),
+                    hooks::Subscribe::Deny(reason) => Err(Error::with(ErrorCode::Forbidden, reason)),
+                }
+            }
+        }
+    }
+
+    fn hooks(&self) -> Result<&Hooks, Error> {
+        self.0
+            .hooks
+            .as_ref()
+            .ok_or_else(|| HookUnavailable("a namespace asks the hook, but no hook URL is set".into()).into())
     }
 
     async fn load(&self, session: &str) -> Result<(SessionId, SessionRecord), Error> {
@@ -102,18 +182,33 @@ impl<S: Store> Gateway<S> {
             }
             None => Vec::new(),
         };
+        let forwarded_for =
+            request.client.headers.iter().find(|(name, _)| name == "x-forwarded-for").map(|(_, v)| v.as_str());
+        let ip = self.0.limits.client_ip(request.client.peer, forwarded_for);
         let id = match &request.session {
             Some(session) => SessionId::parse(session)?,
-            None => SessionId::random(),
+            // Refused before anything is done for it (listening below is a Redis SUBSCRIBE), so a flood is cheap.
+            None => self.0.limits.new_session(ip).map(|()| SessionId::random()).map_err(Error::RateLimited)?,
         };
         // Listen to the session's control topic before reading the session: a change made after the read (a
         // subscribe sent right after `welcome`, on this or another node) then reaches the feed.
         let mut control = self.0.source.hub.listen(Topic::Session(id.clone()));
         control.ready(feed::READY_WAIT).await;
         let (mut record, created) = match &request.session {
-            Some(session) => (self.load(session).await?.1, false),
+            Some(session) => {
+                let mut record = self.load(session).await?.1;
+                if let Some(token) = &request.client.token {
+                    // A client reconnecting with a fresh token: the same user's session takes it.
+                    let grant = self.verify(token)?;
+                    self.replace_grant(&id, &record, &grant).await?;
+                    record.grant = Some(grant);
+                }
+                live_grant(&record)?;
+                (record, false)
+            }
             None => {
-                let record = SessionRecord::new();
+                let mut record = SessionRecord::new();
+                record.grant = self.connect(&request.client, request.transport, ip).await?;
                 self.store().create_session(&id, &record).await?;
                 (record, true)
             }
@@ -156,6 +251,7 @@ impl<S: Store> Gateway<S> {
         channel: &ChannelName,
         since: Option<Cursor>,
     ) -> Result<Cursor, Error> {
+        self.authorize(Action::Subscribe, channel, record).await?;
         let max = self.settings().max_subscriptions;
         // Refused before `top`, which creates the channel's log, so a client over its cap creates nothing.
         if !record.subscriptions.contains_key(channel) && record.subscriptions.len() >= max {
@@ -181,6 +277,12 @@ impl<S: Store> Gateway<S> {
 
     async fn command(&self, id: &SessionId, record: &SessionRecord, frame: &Upstream) -> Result<Bytes, Error> {
         let ack = |result| Downstream::Ack { id: frame.id(), result }.encode();
+        if let Upstream::Refresh { token, .. } = frame {
+            let grant = self.verify(token)?;
+            self.replace_grant(id, record, &grant).await?;
+            return Ok(ack(AckResult::Refreshed { exp: grant.exp }));
+        }
+        live_grant(record)?;
         Ok(match frame {
             Upstream::Subscribe { channel, since, .. } => {
                 let cursor = self.subscribe(id, record, channel, since.clone()).await?;
@@ -193,20 +295,57 @@ impl<S: Store> Gateway<S> {
                 ack(AckResult::Channel { channel })
             }
             Upstream::Publish { channel, data, id: frame_id } => {
+                let replaced = self.authorize_publish(channel, record, data).await?;
+                let data = replaced.as_deref().unwrap_or(data);
+                let sender = Sender { sub: record.grant.as_ref().map(|g| g.sub.clone()), pid: record.pid.clone() };
                 // Scoped to the session, so one client's ids never collide with another's.
                 let dedupe = format!("c:{}:{frame_id}", id.as_str());
-                let cursor = self.append(channel, data, Some(&dedupe)).await?;
+                let cursor = self.append(channel, data, Some(&dedupe), Some(&sender)).await?;
                 ack(AckResult::cursor(channel, &cursor))
             }
             Upstream::Presence { channel, .. } => {
                 if !self.settings().client_presence {
                     return Err(Error::with(ErrorCode::Forbidden, "client presence is turned off on this server"));
                 }
+                self.authorize(Action::Presence, channel, record).await?;
                 let pids = self.store().presence(channel).await?;
                 ack(AckResult::Presence { channel, pids: &pids })
             }
             Upstream::Ping { .. } => ack(AckResult::Empty {}),
+            Upstream::Refresh { .. } => unreachable!("answered above"),
         })
+    }
+
+    /// Whether the session may publish `data` to `channel`; `Some` when the hook replaced the data.
+    async fn authorize_publish(
+        &self,
+        channel: &ChannelName,
+        record: &SessionRecord,
+        data: &RawValue,
+    ) -> Result<Option<Box<RawValue>>, Error> {
+        match self.settings().namespaces.decide(Action::Publish, channel, record.grant.as_ref()) {
+            Decision::Allow => Ok(None),
+            Decision::Deny => Err(forbidden(Action::Publish, channel)),
+            Decision::AskHook => match self.hooks()?.publish(caller(record), channel, data).await? {
+                hooks::Publish::Allow => Ok(None),
+                hooks::Publish::Replace(data) => Ok(Some(data)),
+                hooks::Publish::Deny(reason) => Err(Error::with(ErrorCode::Forbidden, reason)),
+            },
+        }
+    }
+
+    /// Takes a refreshed grant for the session's own user, and tells the session's feeds on every node.
+    async fn replace_grant(&self, id: &SessionId, record: &SessionRecord, grant: &Grant) -> Result<(), Error> {
+        match &record.grant {
+            Some(current) if current.sub == grant.sub => {}
+            Some(_) => return Err(Error::with(ErrorCode::Forbidden, "the new token is for another user")),
+            None => return Err(Error::with(ErrorCode::Forbidden, "an anonymous session cannot take a token")),
+        }
+        if !self.store().set_grant(id, grant).await? {
+            return Err(Error::plain(ErrorCode::SessionUnknown));
+        }
+        self.store().notify_session(id).await?;
+        Ok(())
     }
 
     async fn send_frames(&self, session: &str, body: &[u8]) -> Result<Bytes, Error> {
@@ -221,7 +360,10 @@ impl<S: Store> Gateway<S> {
         if frames.len() > max {
             return Err(Error::TooManyFrames(max));
         }
-        let (id, record) = self.load(session).await?;
+        // Limited before the session is loaded, so a refused flood costs the store nothing.
+        let id = SessionId::parse(session)?;
+        self.0.limits.upstream(&id, frames.len() as u32, body.len()).map_err(Error::RateLimited)?;
+        let (id, record) = self.load(id.as_str()).await?;
         let mut replies = Vec::with_capacity(frames.len());
         for raw in frames {
             replies.push(match Upstream::parse_value(raw) {
@@ -249,7 +391,7 @@ impl<S: Store> Port for Gateway<S> {
             heartbeat_ms: s.heartbeat.as_millis() as u64,
             poll_timeout_ms: poll_timeout.as_millis() as u64,
             session_ttl_ms: s.session_ttl.as_millis() as u64,
-            limits: Limits {
+            limits: protocol::Limits {
                 max_message_bytes: s.max_message_bytes,
                 max_subscriptions: s.max_subscriptions,
                 max_frames_per_send: s.max_frames_per_send,
@@ -268,6 +410,11 @@ impl<S: Store> Port for Gateway<S> {
             Ok(upstream) => upstream,
             Err(refused) => return Error::from(refused.error).frame(refused.id.as_deref()),
         };
+        // Limited before the session is loaded, so a refused flood costs the store nothing.
+        let limited = SessionId::parse(session).map(|id| self.0.limits.upstream(&id, 1, bytes.len()));
+        if let Ok(Err(wait)) = limited {
+            return Error::RateLimited(wait).frame(Some(upstream.id()));
+        }
         match self.load(session).await {
             Ok((id, record)) => self.apply(&id, &record, upstream).await,
             Err(err) => err.frame(Some(upstream.id())),
@@ -289,4 +436,25 @@ impl<S: Store> Port for Gateway<S> {
     fn refuse(&self, refusal: Refusal) -> Rejection {
         Error::from(refusal).rejection()
     }
+}
+
+/// Refuses everything but a refresh once the session's grant has expired.
+fn live_grant(record: &SessionRecord) -> Result<(), Error> {
+    match &record.grant {
+        Some(grant) if grant.expired(now_secs()) => Err(TokenError::Expired.into()),
+        _ => Ok(()),
+    }
+}
+
+fn caller(record: &SessionRecord) -> Caller<'_> {
+    Caller { pid: &record.pid, sub: record.grant.as_ref().map(|g| g.sub.as_str()) }
+}
+
+fn forbidden(action: Action, channel: &ChannelName) -> Error {
+    let what = match action {
+        Action::Subscribe => "subscribe to",
+        Action::Publish => "publish to",
+        Action::Presence => "see the presence of",
+    };
+    Error::with(ErrorCode::Forbidden, format!("this session may not {what} `{channel}`"))
 }

@@ -9,6 +9,7 @@
 //! To embed stickless in an axum application, build a router with [`Builder`] and merge it into yours
 //! (`examples/embed.rs`).
 
+pub mod auth;
 pub mod config;
 pub mod hub;
 pub mod model;
@@ -22,15 +23,18 @@ mod error;
 mod feed;
 mod gateway;
 mod http;
+mod limits;
 mod settings;
 
 pub use builder::{BuildError, Builder, Handle};
 pub use config::Config;
+pub use limits::LimitSettings;
 pub use settings::Settings;
 
 /// Runs a node with the command line's `config` on `listener` until SIGINT/SIGTERM.
 pub async fn run(config: Config, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
-    let (router, handle) = Builder::new().settings(config.settings()).build().await?;
+    let settings = config.settings().map_err(anyhow::Error::msg)?;
+    let (router, handle) = Builder::new().settings(settings).build().await?;
     let store = if config.redis_url.is_some() { "Redis" } else { "the embedded in-memory store" };
     tracing::info!(node = handle.node(), addr = %listener.local_addr()?, "serving on {store}");
     http::serve(listener, router, handle.lifecycle()).await?;

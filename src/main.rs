@@ -1,12 +1,11 @@
 //! The `stickless` binary: reads the configuration, sets up logging and runs one node.
 
-use clap::Parser;
 use stickless::Config;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = Config::load();
     let filter = EnvFilter::try_from_env("STICKLESS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
     if config.log_format == "json" {

@@ -12,7 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::model::{ChannelName, Cursor, Epoch, GapReason, ModelError};
+use crate::model::{ChannelName, Cursor, Epoch, GapReason, ModelError, Sender};
 
 /// The longest client message id.
 pub const MAX_ID_LEN: usize = 64;
@@ -42,6 +42,11 @@ pub enum Upstream {
     },
     Ping {
         id: String,
+    },
+    /// A new connection token for the same user, before (or after) the current one expires.
+    Refresh {
+        id: String,
+        token: String,
     },
 }
 
@@ -91,6 +96,8 @@ struct Fields<'a> {
     channel: Option<&'a RawValue>,
     #[serde(borrow, default)]
     since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
     /// `Some` whenever the field is present, `"data": null` included: null is data like any other value.
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
@@ -145,6 +152,10 @@ impl Upstream {
             }
             "presence" => Upstream::Presence { channel: channel()?, id },
             "ping" => Upstream::Ping { id },
+            "refresh" => match text(fields.token).filter(|t| !t.is_empty()) {
+                Some(token) => Upstream::Refresh { token, id },
+                None => return Err(ProtocolError::InvalidFrame("`token` must be a non-empty string".into())),
+            },
             other => return Err(ProtocolError::UnknownType(other.chars().take(64).collect())),
         })
     }
@@ -156,7 +167,8 @@ impl Upstream {
             | Upstream::Unsubscribe { id, .. }
             | Upstream::Publish { id, .. }
             | Upstream::Presence { id, .. }
-            | Upstream::Ping { id } => id,
+            | Upstream::Ping { id }
+            | Upstream::Refresh { id, .. } => id,
         }
     }
 }
@@ -194,6 +206,9 @@ pub enum Downstream<'a> {
         offset: u64,
         ts: u64,
         data: &'a RawValue,
+        /// Set when a client published it: who. Messages from the backend API have none.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<&'a Sender>,
     },
     Gap {
         channel: &'a ChannelName,
@@ -224,6 +239,8 @@ pub enum AckResult<'a> {
     Channel { channel: &'a ChannelName },
     /// `presence`: the public ids subscribed now.
     Presence { channel: &'a ChannelName, pids: &'a [String] },
+    /// `refresh`: until when the new token holds (seconds since 1970).
+    Refreshed { exp: u64 },
     /// `ping`.
     Empty {},
 }
@@ -260,8 +277,15 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(channel: ChannelName, epoch: Epoch, offset: u64, ts: u64, data: &RawValue) -> Arc<Self> {
-        let frame = Downstream::Message { channel: &channel, epoch: &epoch, offset, ts, data }.encode();
+    pub fn new(
+        channel: ChannelName,
+        epoch: Epoch,
+        offset: u64,
+        ts: u64,
+        data: &RawValue,
+        from: Option<&Sender>,
+    ) -> Arc<Self> {
+        let frame = Downstream::Message { channel: &channel, epoch: &epoch, offset, ts, data, from }.encode();
         Arc::new(Message { channel, epoch, offset, frame })
     }
 
@@ -284,17 +308,21 @@ pub enum ErrorCode {
     TooManySubscriptions,
     BinaryUnsupported,
     Unauthorized,
+    TokenInvalid,
+    TokenExpired,
     Forbidden,
     SessionUnknown,
     TransportDisabled,
     PayloadTooLarge,
+    RateLimited,
     OverCapacity,
     StoreUnavailable,
+    HookUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidFrame,
         ErrorCode::UnknownType,
@@ -304,12 +332,16 @@ impl ErrorCode {
         ErrorCode::TooManySubscriptions,
         ErrorCode::BinaryUnsupported,
         ErrorCode::Unauthorized,
+        ErrorCode::TokenInvalid,
+        ErrorCode::TokenExpired,
         ErrorCode::Forbidden,
         ErrorCode::SessionUnknown,
         ErrorCode::TransportDisabled,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RateLimited,
         ErrorCode::OverCapacity,
         ErrorCode::StoreUnavailable,
+        ErrorCode::HookUnavailable,
         ErrorCode::Internal,
     ];
 
@@ -325,10 +357,14 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::BinaryUnsupported => "binary_unsupported",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::TokenExpired => "token_expired",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::SessionUnknown => "session_unknown",
             ErrorCode::TransportDisabled => "transport_disabled",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::HookUnavailable => "hook_unavailable",
             ErrorCode::OverCapacity => "over_capacity",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Internal => "internal",
@@ -347,10 +383,14 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too many subscriptions in one session",
             ErrorCode::BinaryUnsupported => "send frames as text messages",
             ErrorCode::Unauthorized => "a valid API key is required (Authorization: Bearer <key>)",
+            ErrorCode::TokenInvalid => "the connection token is not valid here",
+            ErrorCode::TokenExpired => "the connection token has expired; refresh it or reconnect with a new one",
             ErrorCode::Forbidden => "not allowed",
             ErrorCode::SessionUnknown => "unknown or expired session; create a new one and re-subscribe with `since`",
             ErrorCode::TransportDisabled => "this transport is turned off on this server",
             ErrorCode::PayloadTooLarge => "the request body is over max_message_bytes",
+            ErrorCode::RateLimited => "too many requests; retry after the time given",
+            ErrorCode::HookUnavailable => "the application's hook did not answer; nothing was done",
             ErrorCode::OverCapacity => "this node's connection limit is reached; retry later",
             ErrorCode::StoreUnavailable => {
                 "the store did not answer, so this is not acknowledged (usually not stored); retry with the same id \
@@ -371,12 +411,13 @@ impl ErrorCode {
             | ErrorCode::TooManyFrames
             | ErrorCode::TooManySubscriptions
             | ErrorCode::BinaryUnsupported => 400,
-            ErrorCode::Unauthorized => 401,
+            ErrorCode::Unauthorized | ErrorCode::TokenInvalid | ErrorCode::TokenExpired => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::SessionUnknown | ErrorCode::TransportDisabled => 404,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::OverCapacity | ErrorCode::StoreUnavailable => 503,
+            ErrorCode::OverCapacity | ErrorCode::StoreUnavailable | ErrorCode::HookUnavailable => 503,
         }
     }
 
@@ -387,7 +428,10 @@ impl ErrorCode {
             ErrorCode::BinaryUnsupported => 1003,
             ErrorCode::PayloadTooLarge => 1009,
             ErrorCode::Internal => 1011,
-            ErrorCode::OverCapacity | ErrorCode::StoreUnavailable => 1013,
+            ErrorCode::RateLimited
+            | ErrorCode::OverCapacity
+            | ErrorCode::StoreUnavailable
+            | ErrorCode::HookUnavailable => 1013,
             ErrorCode::InvalidFrame
             | ErrorCode::UnknownType
             | ErrorCode::InvalidChannel
@@ -395,6 +439,8 @@ impl ErrorCode {
             | ErrorCode::TooManyFrames
             | ErrorCode::TooManySubscriptions
             | ErrorCode::Unauthorized
+            | ErrorCode::TokenInvalid
+            | ErrorCode::TokenExpired
             | ErrorCode::Forbidden
             | ErrorCode::SessionUnknown
             | ErrorCode::TransportDisabled => 1008,
@@ -617,6 +663,7 @@ mod tests {
             r#"{"type":"publish","id":"c4","channel":"chat","data":{"text":"hi"}}"#,
             r#"{"type":"presence","id":"c5","channel":"chat"}"#,
             r#"{"type":"ping","id":"c6"}"#,
+            r#"{"type":"refresh","id":"c7","token":"eyJ.x.y"}"#,
         ] {
             let frame = Upstream::parse(text.as_bytes()).unwrap();
             assert_eq!(serde_json::to_string(&frame).unwrap(), text);
@@ -631,7 +678,7 @@ mod tests {
         let e1 = Epoch::parse("e1").unwrap();
         let chat = ch("chat");
         let data = RawValue::from_string(r#"{"text":"hi\nthere"}"#.into()).unwrap();
-        let message = Message::new(chat.clone(), e1.clone(), 7, 5, &data);
+        let message = Message::new(chat.clone(), e1.clone(), 7, 5, &data, None);
         assert_eq!(
             &message.frame[..],
             br#"{"type":"message","channel":"chat","epoch":"e1","offset":7,"ts":5,"data":{"text":"hi\nthere"}}"#

@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use stickless_transports::{Transport, TransportConfig};
 
-use crate::store::Retention;
+use crate::auth::hooks::HookSettings;
+use crate::auth::token::TokenSettings;
+use crate::auth::{Namespace, Namespaces};
+use crate::limits::LimitSettings;
+use crate::model::ChannelName;
+use crate::store::{Keep, Retention};
 
 /// How one stickless node behaves. `Settings::default()` is a complete, safe configuration for a single node
 /// on the embedded store.
@@ -50,8 +55,16 @@ pub struct Settings {
     pub client_presence: bool,
     /// Directory served at `/` (`None`: no files; the router answers only the API).
     pub web_dir: Option<PathBuf>,
-    /// Publish a demo ticker to `demo.ticker` this often (`None`: off).
+    /// Publish a demo ticker to `demo:ticker` this often (`None`: off).
     pub demo_ticker: Option<Duration>,
+    /// Who may do what, per namespace. The default lets anonymous clients use only `demo:` channels.
+    pub namespaces: Namespaces,
+    /// How connection tokens are verified (none configured: no token is accepted).
+    pub token: TokenSettings,
+    /// The application's backend hooks.
+    pub hooks: HookSettings,
+    /// Rate limits and quotas.
+    pub limits: LimitSettings,
 }
 
 impl Default for Settings {
@@ -77,6 +90,10 @@ impl Default for Settings {
             client_presence: true,
             web_dir: None,
             demo_ticker: None,
+            namespaces: Namespaces::default(),
+            token: TokenSettings::default(),
+            hooks: HookSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -102,6 +119,20 @@ impl Settings {
             session_ttl: self.session_ttl,
             dedupe_ttl: self.dedupe_ttl,
         }
+    }
+
+    /// What `channel` keeps: its namespace's history size and age, or the server's.
+    pub(crate) fn keep(&self, channel: &ChannelName) -> Keep {
+        let ns: &Namespace = self.namespaces.of(channel);
+        Keep {
+            size: ns.history_size.unwrap_or(self.history_size).max(1),
+            ttl: ns.history_ttl.unwrap_or(self.history_ttl),
+        }
+    }
+
+    /// The largest message data `channel` accepts.
+    pub(crate) fn max_message_bytes(&self, channel: &ChannelName) -> usize {
+        self.namespaces.of(channel).max_message_bytes.unwrap_or(self.max_message_bytes).min(self.max_message_bytes)
     }
 
     pub(crate) fn transport(&self) -> TransportConfig {

@@ -25,8 +25,8 @@ async fn embed_example_serves_the_app_route_and_delivers_over_sse() {
     };
     assert_eq!(hello, "hello from the application\n");
 
-    let mut sse = common::Sse::connect(&url, "channels=news", None).await;
-    let stored = common::publish_ok(&url, "news", json!({"text": "from the app's server"})).await;
+    let mut sse = common::Sse::connect(&url, "channels=demo:news", None).await;
+    let stored = common::publish_ok(&url, "demo:news", json!({"text": "from the app's server"})).await;
     let message = sse.next().await.expect("a message");
     assert_eq!(message["type"], "message");
     assert_eq!(message["offset"], stored["offset"]);

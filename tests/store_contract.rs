@@ -10,10 +10,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use stickless::hub::{Hub, Live, Topic};
-use stickless::model::{now_ms, ChannelName, Cursor, Epoch, GapReason, SessionId, SessionRecord};
+use stickless::model::{
+    now_ms, ChannelName, Cursor, Epoch, GapReason, Grant, Pattern, Sender, SessionId, SessionRecord,
+};
 use stickless::recovery::RESUME_CASES;
 use stickless::store::redis::RedisStore;
-use stickless::store::{ChannelLog, Retention, Store, StoreError};
+use stickless::store::{Append, ChannelLog, Keep, Retention, Store, StoreError};
 
 fn retention() -> Retention {
     Retention {
@@ -32,8 +34,17 @@ fn data(i: u64) -> Box<RawValue> {
     RawValue::from_string(format!("{{\"i\":{i}}}")).unwrap()
 }
 
+fn keep() -> Keep {
+    Keep { size: 5, ttl: Duration::from_millis(1500) }
+}
+
+/// One message of `data`, from the backend, kept as `retention()` says.
+fn message<'a>(data: &'a RawValue, dedupe: Option<&'a str>) -> Append<'a> {
+    Append { data, ts: now_ms(), dedupe, from: None, keep: keep() }
+}
+
 async fn append<S: Store>(store: &S, channel: &ChannelName, i: u64) -> Cursor {
-    store.append(channel, &data(i), now_ms(), None).await.unwrap()
+    store.append(channel, message(&data(i), None)).await.unwrap()
 }
 
 async fn offsets_after<S: Store>(
@@ -86,11 +97,11 @@ async fn another_epoch_or_a_cursor_ahead_gets_an_epoch_gap<S: Store>(store: Arc<
 
 async fn a_dedupe_key_stores_once<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     let d = ch("contract.dedupe");
-    let first = store.append(&d, &data(1), now_ms(), Some("k1")).await.unwrap();
-    let again = store.append(&d, &data(1), now_ms(), Some("k1")).await.unwrap();
+    let first = store.append(&d, message(&data(1), Some("k1"))).await.unwrap();
+    let again = store.append(&d, message(&data(1), Some("k1"))).await.unwrap();
     assert_eq!(first, again);
     assert_eq!(store.top(&d).await.unwrap().offset, 1);
-    let other = store.append(&d, &data(2), now_ms(), Some("k2")).await.unwrap();
+    let other = store.append(&d, message(&data(2), Some("k2"))).await.unwrap();
     assert_eq!(other.offset, 2);
 }
 
@@ -165,6 +176,43 @@ async fn sessions_expire_after_their_ttl<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     assert_eq!(store.subscribe(&id, &record.pid, &ch("contract.late"), &at, 2).await.unwrap(), None);
 }
 
+async fn a_client_message_keeps_its_sender_in_history_and_live<S: Store>(store: Arc<S>, hub: Arc<Hub>) {
+    let c = ch("contract.from");
+    let start = store.top(&c).await.unwrap();
+    let mut listener = hub.listen(Topic::Channel(c.clone()));
+    assert!(listener.ready(Duration::from_secs(5)).await);
+    let sender = Sender { sub: Some("alice".into()), pid: "p1".into() };
+    let d = data(1);
+    store.append(&c, Append { from: Some(&sender), ..message(&d, None) }).await.unwrap();
+    append(&*store, &c, 2).await;
+    let expected = r#""from":{"sub":"alice","pid":"p1"}"#;
+    let h = store.read(&c, &start, 10).await.unwrap();
+    assert!(std::str::from_utf8(&h.messages[0].frame).unwrap().contains(expected));
+    assert!(!std::str::from_utf8(&h.messages[1].frame).unwrap().contains("\"from\":"), "the backend's has none");
+    match tokio::time::timeout(Duration::from_secs(5), listener.next()).await {
+        Ok(Some(Live::Message(m))) => assert!(std::str::from_utf8(&m.frame).unwrap().contains(expected)),
+        other => panic!("expected the live message, got {other:?}"),
+    }
+}
+
+async fn a_session_keeps_its_grant_and_takes_a_refreshed_one<S: Store>(store: Arc<S>, _: Arc<Hub>) {
+    let id = SessionId::random();
+    let grant = Grant {
+        sub: "alice".into(),
+        exp: 100,
+        subscribe: vec![Pattern::new("a:*")],
+        publish: vec![],
+        presence: vec![],
+    };
+    let record = SessionRecord { grant: Some(grant.clone()), ..SessionRecord::new() };
+    store.create_session(&id, &record).await.unwrap();
+    assert_eq!(store.load_session(&id).await.unwrap().unwrap().grant, Some(grant.clone()));
+    let later = Grant { exp: 200, ..grant };
+    assert!(store.set_grant(&id, &later).await.unwrap());
+    assert_eq!(store.load_session(&id).await.unwrap().unwrap().grant, Some(later.clone()));
+    assert!(!store.set_grant(&SessionId::random(), &later).await.unwrap(), "no session is created by a refresh");
+}
+
 /// Runs each case as `memory::<case>` and `redis::<case>`.
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
@@ -200,6 +248,8 @@ contract!(
     subscriptions_are_idempotent_and_bounded,
     presence_lists_public_ids,
     sessions_expire_after_their_ttl,
+    a_client_message_keeps_its_sender_in_history_and_live,
+    a_session_keeps_its_grant_and_takes_a_refreshed_one,
 );
 
 async fn redis_store(redis: &common::Redis, prefix: &str) -> (Arc<RedisStore>, Arc<Hub>) {

@@ -3,7 +3,7 @@
 // drops and fallbacks. Plain ES module, no build step. Query parameters (all optional):
 //   gateway=<url>     gateway base URL (default: this page's origin)
 //   transport=<name>  auto | websocket | sse | long-polling (default auto)
-//   ticker=<channel>  chat=<channel>  (default demo.ticker, demo.chat)
+//   ticker=<channel>  chat=<channel>  (default demo:ticker, demo:chat)
 //   name=<text>       chat name (default: remembered, or a random guest name)
 //   block=websocket   start with WebSocket blocked (a restrictive network from the first connect)
 import { Stickless } from "./stickless.js";
@@ -12,8 +12,8 @@ const TRANSPORTS = ["auto", "websocket", "sse", "long-polling"];
 const LABEL = { auto: "Auto", websocket: "WebSocket", sse: "SSE", "long-polling": "Long-polling" };
 const params = new URLSearchParams(location.search);
 const GATEWAY = params.get("gateway") || location.origin;
-const TICKER = params.get("ticker") || "demo.ticker";
-const CHAT = params.get("chat") || "demo.chat";
+const TICKER = params.get("ticker") || "demo:ticker";
+const CHAT = params.get("chat") || "demo:chat";
 const START = TRANSPORTS.includes(params.get("transport")) ? params.get("transport") : "auto";
 const CHART_WINDOW_MS = 60_000;
 const RATE_WINDOW_MS = 5_000;

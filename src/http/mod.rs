@@ -5,12 +5,12 @@ mod api;
 
 use std::time::Duration;
 
-use axum::http::{header, Method};
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::response::IntoResponse;
 use axum::Router;
 use stickless_transports::{Lifecycle, Port, Refusal};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
@@ -20,21 +20,29 @@ use crate::store::Store;
 
 /// Every route of one node: the transports, `/v1/send`, `/v1/negotiate`, the backend API and the web files.
 pub(crate) fn router<S: Store>(gateway: Gateway<S>, settings: &Settings, lifecycle: Lifecycle) -> Router {
-    let cors = CorsLayer::new().allow_origin(Any).allow_methods([Method::GET, Method::POST]).allow_headers([
-        header::CONTENT_TYPE,
-        header::AUTHORIZATION,
-        "last-event-id".parse().expect("valid header"),
-    ]);
     let internal = gateway.refuse(Refusal::Internal);
-    let mut router = stickless_transports::router(gateway.clone(), settings.transport(), lifecycle)
-        .merge(api::router(gateway, settings));
+    // CORS for the client endpoints only, from the same list as the WebSocket Origin check; the backend API
+    // (`/v1/publish`, `/v1/presence`) is for servers and answers no browser page.
+    let clients = stickless_transports::router(gateway.clone(), settings.transport(), lifecycle).layer(cors(settings));
+    let mut router = clients.merge(api::router(gateway, settings));
     if let Some(dir) = &settings.web_dir {
         router = router.fallback_service(ServeDir::new(dir));
     }
-    router
-        .layer(cors)
-        .layer(CatchPanicLayer::custom(move |_| internal.clone().into_response()))
-        .layer(TraceLayer::new_for_http())
+    router.layer(CatchPanicLayer::custom(move |_| internal.clone().into_response())).layer(TraceLayer::new_for_http())
+}
+
+fn cors(settings: &Settings) -> CorsLayer {
+    let origins: Vec<HeaderValue> = settings.allowed_origins.iter().filter_map(|o| o.parse().ok()).collect();
+    let allow = if settings.allowed_origins.is_empty() || settings.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins)
+    };
+    CorsLayer::new().allow_origin(allow).allow_methods([Method::GET, Method::POST]).allow_headers([
+        header::CONTENT_TYPE,
+        header::AUTHORIZATION,
+        HeaderName::from_static("last-event-id"),
+    ])
 }
 
 /// Serves `app` until SIGINT/SIGTERM or until `lifecycle.shutdown` is cancelled, then ends live connections
@@ -51,6 +59,7 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, lifecycle: Li
             token.cancel();
         }
     });
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await?;
     lifecycle.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), lifecycle.tasks.wait()).await;

@@ -5,10 +5,12 @@
 //! (an HTTP status, an `error` frame) is done once, in `error.rs`.
 
 mod channel;
+mod grant;
 mod position;
 mod session;
 
 pub use channel::{ChannelName, Cursor, Epoch, GapReason};
+pub use grant::{Grant, Pattern, Sender};
 pub use position::Position;
 pub use session::{SessionId, SessionRecord};
 
@@ -29,6 +31,11 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).expect("the OS random source is available");
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Seconds since 1970: a token's `exp`.
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
 }
 
 /// Milliseconds since 1970: a message's `ts`, a presence entry's expiry.

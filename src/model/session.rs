@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ChannelName, Cursor, ModelError};
+use super::{ChannelName, Cursor, Grant, ModelError};
 
 /// A session's secret id: 128 random bits as 32 hex characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,11 +36,18 @@ pub struct SessionRecord {
     pub subscriptions: BTreeMap<ChannelName, Cursor>,
     /// When presence entries were last refreshed (ms since 1970), so requests refresh them only now and then.
     pub presence_at: u64,
+    /// What the session's token or connect hook granted; `None` for an anonymous session.
+    pub grant: Option<Grant>,
 }
 
 impl SessionRecord {
     pub fn new() -> Self {
-        SessionRecord { pid: super::random_hex(8), subscriptions: BTreeMap::new(), presence_at: super::now_ms() }
+        SessionRecord {
+            pid: super::random_hex(8),
+            subscriptions: BTreeMap::new(),
+            presence_at: super::now_ms(),
+            grant: None,
+        }
     }
 }
 

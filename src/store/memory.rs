@@ -2,34 +2,59 @@
 //!
 //! Each channel's log sits behind its own lock, so publishes to different channels never contend; sessions sit
 //! behind one map that a sweeper expires. Memory is bounded by `history_size` per channel, by the session TTL
-//! and by the dedupe TTL (plus a cap on dedupe records per channel).
+//! and by the dedupe TTL (plus a cap on dedupe records per channel), and for the whole store by the limits'
+//! `max_channels` (a new channel beyond it is refused) and `max_bytes` of kept messages (beyond it the oldest
+//! messages of all channels go first, as a cache would: live delivery goes on, and a client resuming from
+//! before them is told a `trimmed` gap). A client creates channels within the node's channels per second.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
-
-use super::{ChannelLog, History, Presence, Retention, Sessions, StoreError};
+use super::{Append, ChannelLog, History, Keep, Presence, Retention, Sessions, StoreError};
 use crate::hub::{Hub, Live, Topic};
-use crate::model::{now_ms, ChannelName, Cursor, Epoch, SessionId, SessionRecord};
+use crate::limits::{LimitSettings, Limits};
+use crate::model::{now_ms, ChannelName, Cursor, Epoch, Grant, SessionId, SessionRecord};
 use crate::protocol::Message;
 use crate::recovery::{resume, LogBounds};
 
 /// The most dedupe records a channel keeps, whatever their age, so a flood of unique ids stays bounded.
 const MAX_DEDUPE_PER_CHANNEL: usize = 100_000;
+/// Roughly what a kept message costs besides its frame (the `Message`, its `Arc` and its slot in the log).
+const MESSAGE_OVERHEAD: usize = 128;
 
 pub struct MemoryStore {
     channels: RwLock<HashMap<ChannelName, Arc<Mutex<Log>>>>,
     sessions: Mutex<HashMap<SessionId, (SessionRecord, Instant)>>,
     retention: Retention,
     hub: Arc<Hub>,
+    /// The node's limits: channels created per second, `max_channels`, `max_bytes`.
+    limits: Limits,
+    /// Bytes of the messages all logs keep (frames plus [`MESSAGE_OVERHEAD`]).
+    bytes: AtomicUsize,
+    /// Held by the one append that evicts the oldest messages when over `max_bytes`.
+    evicting: Mutex<()>,
+}
+
+/// Whether an operation may create a channel's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Create {
+    /// A client's subscribe or publish: within the node's channels per second and `max_channels`.
+    Limited,
+    /// The backend's publish, a read or presence of a subscribed channel: within `max_channels`.
+    Bounded,
 }
 
 struct Log {
     epoch: Epoch,
     top: u64,
+    /// What the log keeps, as the last append asked (its namespace's history size and age).
+    keep: Keep,
     entries: VecDeque<(Instant, Arc<Message>)>,
+    /// What `entries` cost, as [`message_bytes`] counts.
+    bytes: usize,
     dedupe: HashMap<String, Cursor>,
     dedupe_order: VecDeque<(Instant, String)>,
     /// Public session ids subscribed here, with when their session expires unless refreshed.
@@ -38,11 +63,13 @@ struct Log {
 }
 
 impl Log {
-    fn new() -> Self {
+    fn new(keep: Keep) -> Self {
         Log {
             epoch: Epoch::random(),
             top: 0,
+            keep,
             entries: VecDeque::new(),
+            bytes: 0,
             dedupe: HashMap::new(),
             dedupe_order: VecDeque::new(),
             presence: HashMap::new(),
@@ -50,12 +77,23 @@ impl Log {
         }
     }
 
-    fn trim(&mut self, retention: &Retention, now: Instant) {
-        while self.entries.len() > retention.history_size {
-            self.entries.pop_front();
+    fn push(&mut self, at: Instant, message: Arc<Message>) {
+        self.bytes += message_bytes(&message);
+        self.entries.push_back((at, message));
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, message)) = self.entries.pop_front() {
+            self.bytes -= message_bytes(&message);
         }
-        while self.entries.front().is_some_and(|(at, _)| now.duration_since(*at) > retention.history_ttl) {
-            self.entries.pop_front();
+    }
+
+    fn trim(&mut self, retention: &Retention, now: Instant) {
+        while self.entries.len() > self.keep.size {
+            self.pop_front();
+        }
+        while self.entries.front().is_some_and(|(at, _)| now.duration_since(*at) > self.keep.ttl) {
+            self.pop_front();
         }
         while let Some((at, key)) = self.dedupe_order.front() {
             if now.duration_since(*at) <= retention.dedupe_ttl && self.dedupe_order.len() <= MAX_DEDUPE_PER_CHANNEL {
@@ -72,9 +110,31 @@ impl Log {
     }
 }
 
+fn message_bytes(message: &Message) -> usize {
+    message.frame.len() + MESSAGE_OVERHEAD
+}
+
+fn lock(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
+    log.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl MemoryStore {
+    /// A store with no limits of its own (bounded per channel by `retention` only).
     pub fn new(retention: Retention, hub: Arc<Hub>) -> Arc<Self> {
-        Arc::new(MemoryStore { channels: RwLock::default(), sessions: Mutex::default(), retention, hub })
+        Self::bounded(retention, hub, Limits::new(&LimitSettings::off()))
+    }
+
+    /// A store within the node's `limits` (channels per second, `max_channels`, `max_bytes`).
+    pub(crate) fn bounded(retention: Retention, hub: Arc<Hub>, limits: Limits) -> Arc<Self> {
+        Arc::new(MemoryStore {
+            channels: RwLock::default(),
+            sessions: Mutex::default(),
+            retention,
+            hub,
+            limits,
+            bytes: AtomicUsize::new(0),
+            evicting: Mutex::new(()),
+        })
     }
 
     /// Expires sessions, and forgets channels with nothing kept and nobody present, every `every`.
@@ -94,59 +154,125 @@ impl MemoryStore {
         self.lock_sessions().retain(|_, (_, expires)| *expires > now);
         let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
         channels.retain(|_, log| {
-            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            let mut log = lock(log);
+            let before = log.bytes;
             log.trim(&self.retention, now);
+            self.account(before, log.bytes);
             log.presence.retain(|_, expires| *expires > now);
-            // A log forgotten here comes back with a new epoch: clients holding its cursors get a gap.
+            // A log forgotten here comes back with a new epoch: clients holding its cursors get a gap. One that
+            // never had a message goes as soon as nobody uses it, like its Redis meta.
+            let idle = if log.top == 0 { self.retention.session_ttl * 2 } else { log.keep.ttl };
             !(log.entries.is_empty()
                 && log.presence.is_empty()
                 && log.dedupe.is_empty()
-                && now.duration_since(log.last_used) > self.retention.history_ttl)
+                && now.duration_since(log.last_used) > idle)
         });
     }
 
-    fn log(&self, channel: &ChannelName) -> Arc<Mutex<Log>> {
-        if let Some(log) = self.channels.read().unwrap_or_else(|e| e.into_inner()).get(channel) {
-            return log.clone();
-        }
-        let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
-        channels.entry(channel.clone()).or_insert_with(|| Arc::new(Mutex::new(Log::new()))).clone()
+    fn existing(&self, channel: &ChannelName) -> Option<Arc<Mutex<Log>>> {
+        self.channels.read().unwrap_or_else(|e| e.into_inner()).get(channel).cloned()
     }
 
-    fn with_log<T>(&self, channel: &ChannelName, f: impl FnOnce(&mut Log) -> T) -> T {
-        let log = self.log(channel);
-        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+    /// The channel's log, created if `create` allows it now.
+    fn log(&self, channel: &ChannelName, create: Create) -> Result<Arc<Mutex<Log>>, StoreError> {
+        if let Some(log) = self.existing(channel) {
+            return Ok(log);
+        }
+        // Before the map's write lock; two racing creators of one channel may both spend a second's share.
+        if create == Create::Limited {
+            self.limits.new_channel().map_err(StoreError::RateLimited)?;
+        }
+        let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = channels.get(channel) {
+            return Ok(log.clone());
+        }
+        let max = self.limits.settings().max_channels;
+        if max > 0 && channels.len() >= max {
+            self.limits.refused_full();
+            return Err(StoreError::Full("this node holds its most channels (max_channels); retry later"));
+        }
+        let keep = Keep { size: self.retention.history_size, ttl: self.retention.history_ttl };
+        let log = Arc::new(Mutex::new(Log::new(keep)));
+        channels.insert(channel.clone(), log.clone());
+        Ok(log)
+    }
+
+    /// Runs `f` on the channel's log (created if `create` allows it), keeping the store's byte count.
+    fn with_log<T>(
+        &self,
+        channel: &ChannelName,
+        create: Create,
+        f: impl FnOnce(&mut Log) -> T,
+    ) -> Result<T, StoreError> {
+        let log = self.log(channel, create)?;
+        Ok(self.on(&log, f))
+    }
+
+    fn on<T>(&self, log: &Mutex<Log>, f: impl FnOnce(&mut Log) -> T) -> T {
+        let mut log = lock(log);
         log.last_used = Instant::now();
-        f(&mut log)
+        let before = log.bytes;
+        let out = f(&mut log);
+        self.account(before, log.bytes);
+        out
+    }
+
+    fn account(&self, before: usize, after: usize) {
+        if after > before {
+            self.bytes.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.bytes.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Over `max_bytes`: drops the oldest messages of all channels until 7/8 of it is kept. One append does it
+    /// while the others go on (locking one log at a time, never two).
+    fn evict(&self) {
+        let max = self.limits.settings().max_bytes;
+        if max == 0 || self.bytes.load(Ordering::Relaxed) <= max {
+            return;
+        }
+        let Ok(_evicting) = self.evicting.try_lock() else { return };
+        let target = max - max / 8;
+        let logs: Vec<_> = self.channels.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut oldest: BinaryHeap<_> = logs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, log)| lock(log).entries.front().map(|(at, _)| Reverse((*at, i))))
+            .collect();
+        while self.bytes.load(Ordering::Relaxed) > target {
+            let Some(Reverse((_, i))) = oldest.pop() else { break };
+            let mut log = lock(&logs[i]);
+            let before = log.bytes;
+            log.pop_front();
+            self.account(before, log.bytes);
+            if let Some((at, _)) = log.entries.front() {
+                oldest.push(Reverse((*at, i)));
+            }
+        }
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, (SessionRecord, Instant)>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    fn mark_present(&self, pid: &str, channel: &ChannelName, expires: Instant) {
-        self.with_log(channel, |log| log.presence.insert(pid.to_owned(), expires));
-    }
 }
 
 impl ChannelLog for MemoryStore {
-    async fn append(
-        &self,
-        channel: &ChannelName,
-        data: &RawValue,
-        ts: u64,
-        dedupe: Option<&str>,
-    ) -> Result<Cursor, StoreError> {
-        let message = self.with_log(channel, |log| {
+    async fn append(&self, channel: &ChannelName, append: Append<'_>) -> Result<Cursor, StoreError> {
+        // A client's publish creates a channel within the node's rate; the backend's only within the bound.
+        let create = if append.from.is_some() { Create::Limited } else { Create::Bounded };
+        let message = self.with_log(channel, create, |log| {
             let now = Instant::now();
+            log.keep = append.keep;
             log.trim(&self.retention, now);
-            if let Some(cursor) = dedupe.and_then(|key| log.dedupe.get(key)) {
+            if let Some(cursor) = append.dedupe.and_then(|key| log.dedupe.get(key)) {
                 return Err(cursor.clone());
             }
             log.top += 1;
-            let message = Message::new(channel.clone(), log.epoch.clone(), log.top, ts, data);
-            log.entries.push_back((now, message.clone()));
-            if let Some(key) = dedupe {
+            let message =
+                Message::new(channel.clone(), log.epoch.clone(), log.top, append.ts, append.data, append.from);
+            log.push(now, message.clone());
+            if let Some(key) = append.dedupe {
                 log.dedupe.insert(key.to_owned(), message.cursor());
                 log.dedupe_order.push_back((now, key.to_owned()));
             }
@@ -154,7 +280,8 @@ impl ChannelLog for MemoryStore {
             // Delivered under the log's lock, so live listeners see this channel's messages in offset order.
             self.hub.deliver(&Topic::Channel(channel.clone()), Live::Message(message.clone()));
             Ok(message)
-        });
+        })?;
+        self.evict();
         Ok(match message {
             Ok(message) => message.cursor(),
             Err(first) => first,
@@ -162,7 +289,7 @@ impl ChannelLog for MemoryStore {
     }
 
     async fn read(&self, channel: &ChannelName, after: &Cursor, limit: usize) -> Result<History, StoreError> {
-        Ok(self.with_log(channel, |log| {
+        self.with_log(channel, Create::Bounded, |log| {
             log.trim(&self.retention, Instant::now());
             let first = log.first();
             let from = resume(after, LogBounds { epoch: &log.epoch, first, top: log.top });
@@ -170,11 +297,11 @@ impl ChannelLog for MemoryStore {
             let skip = (from.after + 1 - first) as usize;
             let messages = log.entries.iter().skip(skip).take(limit).map(|(_, m)| m.clone()).collect();
             History { gap, messages }
-        }))
+        })
     }
 
     async fn top(&self, channel: &ChannelName) -> Result<Cursor, StoreError> {
-        Ok(self.with_log(channel, |log| Cursor::new(log.epoch.clone(), log.top)))
+        self.with_log(channel, Create::Limited, |log| Cursor::new(log.epoch.clone(), log.top))
     }
 }
 
@@ -207,7 +334,8 @@ impl Sessions for MemoryStore {
             _ => return Ok(false),
         }
         for channel in record.subscriptions.keys() {
-            self.mark_present(&record.pid, channel, expires);
+            // A channel the store is too full to take back keeps its subscriber, without presence until read.
+            let _ = self.with_log(channel, Create::Bounded, |log| log.presence.insert(record.pid.clone(), expires));
         }
         Ok(true)
     }
@@ -220,6 +348,8 @@ impl Sessions for MemoryStore {
         cursor: &Cursor,
         max: usize,
     ) -> Result<Option<Cursor>, StoreError> {
+        // A subscribe with a cursor (no `top` before it) creates the channel here, within the same limits.
+        let log = self.log(channel, Create::Limited)?;
         let expires = Instant::now() + self.retention.session_ttl;
         let in_force = {
             let mut sessions = self.lock_sessions();
@@ -237,7 +367,7 @@ impl Sessions for MemoryStore {
                 cursor.clone()
             }
         };
-        self.mark_present(pid, channel, expires);
+        self.on(&log, |log| log.presence.insert(pid.to_owned(), expires));
         Ok(Some(in_force))
     }
 
@@ -245,8 +375,21 @@ impl Sessions for MemoryStore {
         if let Some((record, _)) = self.lock_sessions().get_mut(id) {
             record.subscriptions.remove(channel);
         }
-        self.with_log(channel, |log| log.presence.remove(pid));
+        // Never creates a log: unsubscribing from channels nobody uses must cost nothing.
+        if let Some(log) = self.existing(channel) {
+            self.on(&log, |log| log.presence.remove(pid));
+        }
         Ok(())
+    }
+
+    async fn set_grant(&self, id: &SessionId, grant: &Grant) -> Result<bool, StoreError> {
+        match self.lock_sessions().get_mut(id) {
+            Some((record, at)) if *at > Instant::now() => {
+                record.grant = Some(grant.clone());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn notify_session(&self, id: &SessionId) -> Result<(), StoreError> {
@@ -259,13 +402,117 @@ impl Presence for MemoryStore {
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<String>, StoreError> {
         let now = Instant::now();
         // Read-only: asking about a channel nobody uses must not create it.
-        if !self.channels.read().unwrap_or_else(|e| e.into_inner()).contains_key(channel) {
-            return Ok(Vec::new());
-        }
-        Ok(self.with_log(channel, |log| {
+        let Some(log) = self.existing(channel) else { return Ok(Vec::new()) };
+        Ok(self.on(&log, |log| {
             let mut pids: Vec<_> = log.presence.iter().filter(|(_, e)| **e > now).map(|(p, _)| p.clone()).collect();
             pids.sort();
             pids
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::model::{GapReason, Sender};
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn store(limits: LimitSettings) -> Arc<MemoryStore> {
+        let retention = Retention {
+            history_size: 1000,
+            history_ttl: TTL * 60,
+            session_ttl: TTL,
+            dedupe_ttl: Duration::from_secs(1),
+        };
+        MemoryStore::bounded(retention, Hub::local(), Limits::new(&limits))
+    }
+
+    fn ch(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
+
+    fn channels(store: &MemoryStore) -> usize {
+        store.channels.read().unwrap().len()
+    }
+
+    async fn publish(
+        store: &MemoryStore,
+        channel: &str,
+        bytes: usize,
+        from: Option<&Sender>,
+    ) -> Result<Cursor, StoreError> {
+        let data = RawValue::from_string(format!("\"{}\"", "x".repeat(bytes))).unwrap();
+        let keep = Keep { size: 1000, ttl: TTL * 60 };
+        store.append(&ch(channel), Append { data: &data, ts: now_ms(), dedupe: None, from, keep }).await
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_to_an_empty_channel_is_forgotten_once_its_session_is_gone() {
+        let store = store(LimitSettings::default());
+        let (id, record) = (SessionId::random(), SessionRecord::new());
+        store.create_session(&id, &record).await.unwrap();
+        for name in ["empty", "kept"] {
+            let top = store.top(&ch(name)).await.unwrap();
+            store.subscribe(&id, &record.pid, &ch(name), &top, 64).await.unwrap().unwrap();
+        }
+        publish(&store, "kept", 10, None).await.unwrap();
+        store.sweep(Instant::now() + TTL);
+        assert_eq!(channels(&store), 2, "idle for less than 2 × session_ttl");
+        store.sweep(Instant::now() + TTL * 3);
+        assert_eq!(channels(&store), 1, "only the channel with a message outlives the session");
+        assert!(store.existing(&ch("kept")).is_some());
+    }
+
+    #[tokio::test]
+    async fn clients_create_channels_within_the_rate_and_everyone_within_max_channels() {
+        let store = store(LimitSettings { channels_per_second: 3, max_channels: 5, ..Default::default() });
+        let client = Sender { sub: None, pid: "p".into() };
+        for i in 0..3 {
+            store.top(&ch(&format!("c{i}"))).await.unwrap();
+        }
+        assert!(matches!(store.top(&ch("c3")).await, Err(StoreError::RateLimited(_))));
+        assert!(matches!(publish(&store, "c3", 1, Some(&client)).await, Err(StoreError::RateLimited(_))));
+        let id = SessionId::random();
+        store.create_session(&id, &SessionRecord::new()).await.unwrap();
+        let cursor = Cursor::new(Epoch::random(), 0);
+        assert!(matches!(store.subscribe(&id, "p", &ch("c3"), &cursor, 64).await, Err(StoreError::RateLimited(_))));
+        assert!(store.lock_sessions()[&id].0.subscriptions.is_empty(), "a refused subscribe is not recorded");
+        store.unsubscribe(&id, "p", &ch("c4")).await.unwrap();
+        assert_eq!(store.presence(&ch("c5")).await.unwrap(), Vec::<String>::new());
+        assert_eq!(channels(&store), 3, "neither an unsubscribe nor a presence query creates a channel");
+        // The backend is not held to the clients' rate, only to the bound.
+        publish(&store, "b0", 1, None).await.unwrap();
+        publish(&store, "b1", 1, None).await.unwrap();
+        assert!(matches!(publish(&store, "b2", 1, None).await, Err(StoreError::Full(_))));
+        assert!(matches!(store.read(&ch("b2"), &cursor, 10).await, Err(StoreError::Full(_))));
+        publish(&store, "b1", 1, None).await.unwrap();
+        let refused = store.limits.refusals();
+        assert_eq!((refused.channels, refused.max_channels), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn over_max_bytes_the_oldest_messages_of_all_channels_go_first() {
+        let store = store(LimitSettings { max_bytes: 1 << 20, ..Default::default() });
+        let (mut first, mut last) = (None, None);
+        for i in 0..64 {
+            let cursor = publish(&store, &format!("c{}", i % 4), 60_000, None).await.unwrap();
+            first.get_or_insert(cursor.clone());
+            last = Some(cursor);
+        }
+        let kept = store.bytes.load(Ordering::Relaxed);
+        assert!(kept <= 1 << 20, "{kept} bytes kept");
+        let counted: usize = store.channels.read().unwrap().values().map(|log| lock(log).bytes).sum();
+        assert_eq!(kept, counted, "the store's count is the sum of its logs'");
+        // The first message (on c0) is gone: a client resuming before it is told so.
+        let before_first = Cursor { offset: 0, ..first.unwrap() };
+        let history = store.read(&ch("c0"), &before_first, 100).await.unwrap();
+        assert_eq!(history.gap.map(|(_, reason)| reason), Some(GapReason::Trimmed));
+        // The newest (on c3) is kept.
+        let last = last.unwrap();
+        let history = store.read(&ch("c3"), &Cursor { offset: last.offset - 1, ..last.clone() }, 100).await.unwrap();
+        assert_eq!(history.messages.last().map(|m| m.offset), Some(last.offset));
     }
 }

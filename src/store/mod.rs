@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use crate::model::{ChannelName, Cursor, GapReason, SessionId, SessionRecord};
+use crate::limits::RetryAfter;
+use crate::model::{ChannelName, Cursor, GapReason, Grant, Sender, SessionId, SessionRecord};
 use crate::protocol::Message;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -24,6 +25,12 @@ pub enum StoreError {
     TooManySubscriptions(usize),
     #[error("{0}")]
     Unavailable(String),
+    /// Over this node's channels created per second.
+    #[error("too many new channels on this node; retry in {} ms", .0.0.as_millis())]
+    RateLimited(RetryAfter),
+    /// At a bound of the store (the embedded store's `max_channels`).
+    #[error("{0}")]
+    Full(&'static str),
 }
 
 /// How long things live in the store.
@@ -39,6 +46,26 @@ pub struct Retention {
     pub dedupe_ttl: Duration,
 }
 
+/// What a channel keeps: its namespace's history size and age (see `Settings::namespaces`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+/// One message to append.
+#[derive(Debug, Clone, Copy)]
+pub struct Append<'a> {
+    pub data: &'a RawValue,
+    /// Publish time, ms since 1970.
+    pub ts: u64,
+    /// A key seen within `dedupe_ttl` stores nothing and answers the first append's cursor.
+    pub dedupe: Option<&'a str>,
+    /// Who published it, when a client did.
+    pub from: Option<&'a Sender>,
+    pub keep: Keep,
+}
+
 /// A read from a channel's log.
 #[derive(Debug)]
 pub struct History {
@@ -50,14 +77,12 @@ pub struct History {
 
 /// Channels' logs: append, read after a cursor, and the newest cursor. Appends also wake live listeners.
 pub trait ChannelLog: Send + Sync + 'static {
-    /// Appends `data` and answers only once it is stored. With a `dedupe` key seen within `dedupe_ttl`, stores
-    /// nothing and answers with the first append's cursor.
+    /// Appends a message and answers only once it is stored, trimming the log to `message.keep`. With a
+    /// `dedupe` key seen within `dedupe_ttl`, stores nothing and answers with the first append's cursor.
     fn append(
         &self,
         channel: &ChannelName,
-        data: &RawValue,
-        ts: u64,
-        dedupe: Option<&str>,
+        message: Append<'_>,
     ) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
 
     /// The messages after `after`, at most `limit`, where [`crate::recovery::resume`] says they start.
@@ -68,7 +93,9 @@ pub trait ChannelLog: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<History, StoreError>> + Send;
 
-    /// The cursor of the newest message (offset 0 when there is none), creating the log's epoch if needed.
+    /// The cursor of the newest message (offset 0 when there is none), creating the log's epoch if needed. A log
+    /// with no message yet lives only as long as a session (`2 × session_ttl`), refreshed by reads: subscribing
+    /// to empty channels creates nothing that outlives its subscribers.
     fn top(&self, channel: &ChannelName) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
 }
 
@@ -108,6 +135,10 @@ pub trait Sessions: Send + Sync + 'static {
         pid: &str,
         channel: &ChannelName,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Replaces the session's grant (a refreshed token); `false` when the session has expired. Tell the
+    /// session's feeds with [`Sessions::notify_session`].
+    fn set_grant(&self, id: &SessionId, grant: &Grant) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Tells every node's live feeds of this session that its subscriptions changed.
     fn notify_session(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -11,7 +11,7 @@ import { WEB, launchBrowser, openDemo, waitConnected, waitSubscribed, assertSeqC
 let gw, browser;
 
 before(async () => {
-  gw = await startGateway({ args: ["--node-id", "chat-n1"] });
+  gw = await startGateway({ args: ["--node-id", "chat-n1"], secure: true });
   browser = await launchBrowser();
 });
 
@@ -63,8 +63,8 @@ test("auto mode connects and a chat message reaches a second browser", async () 
     assert.equal(await alice.page.locator(tid("chat-input")).inputValue(), "", "the input is cleared after sending");
 
     // The counters are redrawn a moment after the row appears.
-    await waitFor(async () => (await seqOnScreen(bob.page, "demo.chat")).received >= 1, 5000, "bob's sequence check to count the message");
-    await assertSeqClean(bob.page, { channels: ["demo.chat"] });
+    await waitFor(async () => (await seqOnScreen(bob.page, "demo:chat")).received >= 1, 5000, "bob's sequence check to count the message");
+    await assertSeqClean(bob.page, { channels: ["demo:chat"] });
     assert.deepEqual(alice.errors, []);
     assert.deepEqual(bob.errors, []);
   } finally {

@@ -9,7 +9,7 @@ import { launchBrowser, openDemo, waitConnected, assertSeqClean, text, tid, seqO
 let gw, browser;
 
 before(async () => {
-  gw = await startGateway({ args: ["--node-id", "fb-n1", "--demo-ticker-ms", "100"] });
+  gw = await startGateway({ args: ["--node-id", "fb-n1", "--demo-ticker-ms", "100"], secure: true });
   browser = await launchBrowser();
 });
 
@@ -24,9 +24,9 @@ const fallbackShown = async (page) => {
 };
 
 async function tickerKeepsFlowing(page, more = 15) {
-  const start = (await seqOnScreen(page, "demo.ticker")).received;
-  await waitFor(async () => (await seqOnScreen(page, "demo.ticker")).received >= start + more, 15000, `${more} more ticks on screen`, 100);
-  await assertSeqClean(page, { channels: ["demo.ticker"] });
+  const start = (await seqOnScreen(page, "demo:ticker")).received;
+  await waitFor(async () => (await seqOnScreen(page, "demo:ticker")).received >= start + more, 15000, `${more} more ticks on screen`, 100);
+  await assertSeqClean(page, { channels: ["demo:ticker"] });
 }
 
 test("blocking WebSocket in auto mode falls back and keeps receiving; drop resumes", async () => {

@@ -36,7 +36,7 @@ test("long-polling through nginx round-robin shows both nodes and no gaps", asyn
     await waitSubscribed(page);
     // Backends publish to whichever node they like: alternate, so each node stores some of them.
     let k = 0;
-    const stream = publishStream((ch, d) => publish(k++ % 2 ? cluster.n1.url : cluster.n2.url, ch, d), "demo.chat", {
+    const stream = publishStream((ch, d) => publish(k++ % 2 ? cluster.n1.url : cluster.n2.url, ch, d), "demo:chat", {
       count: 120,
       everyMs: 25,
       data: (i) => ({ user: "backend", text: `via round-robin ${i}` }),
@@ -48,8 +48,8 @@ test("long-polling through nginx round-robin shows both nodes and no gaps", asyn
       return ["n1", "n2"].every((n) => shown[n] && shown[n].polls > 0 && shown[n].deliveries > 0);
     }, 20000, "polls and deliveries from both n1 and n2 in the node table", 100);
 
-    await assertShownOnce(page, "demo.chat", last);
-    await assertSeqClean(page, { channels: ["demo.ticker"] });
+    await assertShownOnce(page, "demo:chat", last);
+    await assertSeqClean(page, { channels: ["demo:ticker"] });
     // Node tags on individual deliveries: both nodes appear among the chat rows.
     const tags = await page.locator(`${tid("chat-list")} li .meta .tag`).allInnerTexts();
     assert.ok(tags.includes("n1") && tags.includes("n2"), `chat rows tagged by both nodes: ${[...new Set(tags)]}`);

@@ -10,7 +10,7 @@ import { launchBrowser, openDemo, waitConnected, waitSubscribed, assertSeqClean,
 let gw, browser;
 
 before(async () => {
-  gw = await startGateway({ args: ["--node-id", "sw-n1", "--demo-ticker-ms", "50"] });
+  gw = await startGateway({ args: ["--node-id", "sw-n1", "--demo-ticker-ms", "50"], secure: true });
   browser = await launchBrowser();
 });
 
@@ -24,7 +24,7 @@ test("flipping the transport mid-stream loses and repeats nothing", async () => 
   try {
     await waitConnected(page, "websocket");
     await waitSubscribed(page);
-    const stream = publishStream((ch, d) => publish(gw.url, ch, d), "demo.chat", {
+    const stream = publishStream((ch, d) => publish(gw.url, ch, d), "demo:chat", {
       count: 100000,
       everyMs: 15,
       data: (i) => ({ user: "backend", text: `stream message ${i}` }),
@@ -59,17 +59,17 @@ test("flipping the transport mid-stream loses and repeats nothing", async () => 
     stream.stop();
     const acks = await stream.done;
     const last = acks[acks.length - 1].offset;
-    const { first, seq: screen } = await assertShownOnce(page, "demo.chat", last);
+    const { first, seq: screen } = await assertShownOnce(page, "demo:chat", last);
     assert.ok(screen.received >= 100, `a real stream went through (${screen.received})`);
     assert.ok(first <= acks[0].offset, `the page saw the stream from its first message (first ${first}, stream began at ${acks[0].offset})`);
     await assertSeqClean(page, { where: "at the end" });
     // The ticker ran through every switch; how many ticks that took depends on the machine's speed, so wait
     // for a hundred rather than assume the switches took five seconds.
-    await waitFor(async () => (await seqOnScreen(page, "demo.ticker")).received >= 100, 20000, "100 ticker messages", 100);
-    const ticker = await seqOnScreen(page, "demo.ticker");
+    await waitFor(async () => (await seqOnScreen(page, "demo:ticker")).received >= 100, 20000, "100 ticker messages", 100);
+    const ticker = await seqOnScreen(page, "demo:ticker");
     assert.ok(ticker.received >= 100 && ticker.gaps === 0 && ticker.duplicates === 0, `the ticker streamed too: ${ticker.text}`);
-    const visibleLine = await page.locator(tid("seq-demo.chat")).innerText();
-    assert.match(visibleLine, new RegExp(`demo\\.chat: ${screen.received.toLocaleString("en-US")} received, 0 gaps, 0 duplicates`));
+    const visibleLine = await page.locator(tid("seq-demo:chat")).innerText();
+    assert.match(visibleLine, new RegExp(`demo:chat: ${screen.received.toLocaleString("en-US")} received, 0 gaps, 0 duplicates`));
     assert.equal(Number(await text(page, "reconnects")), 0, "a switch is not a reconnect");
     assert.deepEqual(errors, []);
   } finally {

@@ -30,7 +30,8 @@ export async function launchBrowser() {
  * stop()}.
  */
 export async function startCluster({ tickerMs }) {
-  const cluster = await startRedisNodes({ n1: ["--demo-ticker-ms", String(tickerMs)], n2: ["--demo-ticker-ms", "0"] });
+  // The demo needs no configuration: the nodes run on the secure default (anonymous clients: demo:* only).
+  const cluster = await startRedisNodes({ n1: ["--demo-ticker-ms", String(tickerMs)], n2: ["--demo-ticker-ms", "0"] }, { secure: true });
   try {
     const { n1, n2 } = cluster.nodes;
     const nginx = cluster.add(await startBalancer({ nodes: [n1, n2], balance: "round-robin" }));
@@ -102,7 +103,7 @@ export function waitSubscribed(page, timeoutMs = 10000) {
 }
 
 /** Asserts the on-screen sequence check of each channel shows no gap and no duplicate; returns {channel: reading}. */
-export async function assertSeqClean(page, { channels = ["demo.ticker", "demo.chat"], where } = {}) {
+export async function assertSeqClean(page, { channels = ["demo:ticker", "demo:chat"], where } = {}) {
   const seen = {};
   for (const ch of channels) {
     const s = await seqOnScreen(page, ch);

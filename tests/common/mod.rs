@@ -7,7 +7,6 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use clap::Parser;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -82,6 +81,19 @@ impl Drop for Process {
     }
 }
 
+/// Every channel open to anonymous clients: the tests of delivery mechanics run with it; the access rules are
+/// tested without it (tests/auth.rs).
+pub const OPEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/open.toml");
+
+fn with_open_config(args: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if !args.contains(&"--config") && !args.contains(&"--secure-default") {
+        all.splice(0..0, ["--config".to_owned(), OPEN.to_owned()]);
+    }
+    all.retain(|a| a != "--secure-default");
+    all
+}
+
 /// The path of a built example (`cargo test` builds examples with the tests).
 pub fn example(name: &str) -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_stickless"));
@@ -102,21 +114,27 @@ enum Runs {
 }
 
 impl Node {
-    /// A node served in this process from the same flags the binary takes, on its own runtime and threads.
+    /// A node served in this process from the same flags the binary takes, on its own runtime and threads,
+    /// with every channel open to anonymous clients ([`OPEN`]) unless `args` name a `--config` or ask for the
+    /// `--secure-default` (a harness word, not a flag: the node then runs with no configuration at all).
     pub async fn start(args: &[&str]) -> Node {
+        let args = with_open_config(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let flags = ["stickless", "--listen", &format!("127.0.0.1:{port}"), "--demo-ticker-ms", "0"];
-        let config = stickless::Config::try_parse_from(flags.iter().chain(args)).expect("valid flags");
+        let settings =
+            stickless::Config::try_load_from(flags.iter().chain(args.iter())).expect("valid flags").settings().unwrap();
         let (handles, handle) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             runtime.block_on(async move {
-                let (router, handle) = stickless::Builder::new().settings(config.settings()).build().await.unwrap();
+                let (router, handle) = stickless::Builder::new().settings(settings).build().await.unwrap();
                 let _ = handles.send(handle.clone());
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let _ = axum::serve(listener, router).with_graceful_shutdown(handle.shutdown_requested()).await;
+                let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                let _ = axum::serve(listener, app).with_graceful_shutdown(handle.shutdown_requested()).await;
                 handle.finished(Duration::from_secs(5)).await;
             });
         });
@@ -126,13 +144,14 @@ impl Node {
         node
     }
 
-    /// A node as its own `stickless` process.
+    /// A node as its own `stickless` process, configured as [`Node::start`] says.
     pub async fn spawn(args: &[&str]) -> Node {
+        let args = with_open_config(args);
         let port = free_port();
         let process = Process::spawn(
             Command::new(env!("CARGO_BIN_EXE_stickless"))
                 .args(["--listen", &format!("127.0.0.1:{port}"), "--demo-ticker-ms", "0"])
-                .args(args)
+                .args(&args)
                 .env("STICKLESS_LOG", "warn")
                 .stdout(Stdio::null()),
         );

@@ -187,14 +187,21 @@ async function untilUp(proc, check, what, timeoutMs) {
   }
 }
 
+/** Every channel open to anonymous clients, as the client tests need; the demo needs no configuration. */
+export const OPEN_CONFIG = join(REPO, "tests", "fixtures", "open.toml");
+
 /**
  * Starts the gateway binary on a free port (`--listen 127.0.0.1:<port>` plus `args`) and waits until
- * GET /v1/negotiate answers. `logFile`: see spawnTracked. Returns {url, port, proc, logs(), stop(), kill(signal)}.
+ * GET /v1/negotiate answers. Unless `secure` is set or `args` name a `--config`, every channel is open to
+ * anonymous clients (OPEN_CONFIG); with `secure`, the gateway runs on its secure default, where anonymous
+ * clients may use only `demo:` channels. `logFile`: see spawnTracked. Returns {url, port, proc, logs(), stop(),
+ * kill(signal)}.
  */
-export async function startGateway({ args = [], env = {}, bin = process.env.STICKLESS_BIN || DEFAULT_BIN, port, logFile, timeoutMs = 30000 } = {}) {
+export async function startGateway({ args = [], env = {}, bin = process.env.STICKLESS_BIN || DEFAULT_BIN, port, logFile, timeoutMs = 30000, secure = false } = {}) {
   port = port || (await freePort());
   const url = `http://127.0.0.1:${port}`;
-  const proc = spawnTracked(bin, ["--listen", `127.0.0.1:${port}`, ...args], {
+  const config = secure || args.includes("--config") ? [] : ["--config", OPEN_CONFIG];
+  const proc = spawnTracked(bin, ["--listen", `127.0.0.1:${port}`, ...config, ...args], {
     env: { STICKLESS_LOG: "warn", ...process.env, ...env },
     logFile,
   });
@@ -351,7 +358,7 @@ export async function startBalancer({ nodes, balance = "round-robin", port, ...o
  * process (an nginx in front) on the list stop() takes down, last started first. If something does not come up,
  * stops what it had started and throws.
  */
-export async function startRedisNodes(nodes = { n1: [], n2: [] }) {
+export async function startRedisNodes(nodes = { n1: [], n2: [] }, { secure = false } = {}) {
   const started = [];
   const stop = async () => {
     for (const p of started.splice(0).reverse()) await p.stop();
@@ -364,7 +371,7 @@ export async function startRedisNodes(nodes = { n1: [], n2: [] }) {
     const redis = add(await startRedis());
     const gateways = {};
     for (const [id, args] of Object.entries(nodes)) {
-      gateways[id] = add(await startGateway({ args: ["--node-id", id, "--redis-url", redis.url, ...args] }));
+      gateways[id] = add(await startGateway({ args: ["--node-id", id, "--redis-url", redis.url, ...args], secure }));
     }
     return { redis, nodes: gateways, add, stop };
   } catch (err) {

@@ -12,10 +12,11 @@ pub mod send;
 pub mod sse;
 pub mod websocket;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use port::{Attach, Attached, Outbound, Port, Refusal, Rejection};
+pub use port::{Attach, Attached, Client, Ending, Outbound, Port, Refusal, Rejection};
 
 /// The transports this crate knows, in the order a client should try them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,31 +166,73 @@ pub(crate) struct AttachQuery {
     session: Option<String>,
     position: Option<String>,
     channels: Option<String>,
+    /// A connection token, for clients that cannot set headers (EventSource).
+    token: Option<String>,
 }
 
 impl AttachQuery {
-    fn into_attach(self, transport: Transport, track_position: bool) -> Attach {
+    fn into_attach(self, transport: Transport, track_position: bool, mut client: Client) -> Attach {
+        client.token = self.token.filter(|t| !t.is_empty()).or(client.token);
         Attach {
             transport: transport.name(),
             session: self.session.filter(|s| !s.is_empty()),
             position: self.position.filter(|s| !s.is_empty()),
             channels: self.channels.filter(|s| !s.is_empty()),
             track_position,
+            client,
         }
     }
 }
 
-/// `Query<AttachQuery>` whose rejection is our JSON error rather than axum's plain text.
-pub(crate) struct AttachParams(AttachQuery);
+/// The attach query and the client it comes from: `Query<AttachQuery>` whose rejection is our JSON error
+/// rather than axum's plain text, and the request refused at once when its Origin is not allowed.
+pub(crate) struct AttachParams(AttachQuery, Client);
+
+impl AttachParams {
+    pub(crate) fn into_attach(self, transport: Transport, track_position: bool) -> Attach {
+        self.0.into_attach(transport, track_position, self.1)
+    }
+
+    pub(crate) fn session(&self) -> Option<&str> {
+        self.0.session.as_deref().filter(|s| !s.is_empty())
+    }
+}
 
 impl<P: Port> FromRequestParts<Shared<P>> for AttachParams {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, shared: &Shared<P>) -> Result<Self, Self::Rejection> {
-        Query::<AttachQuery>::from_request_parts(parts, shared)
+        if !origin_allowed(&shared.config.allowed_origins, &parts.headers) {
+            return Err(shared.port.refuse(Refusal::ForbiddenOrigin));
+        }
+        let query = Query::<AttachQuery>::from_request_parts(parts, shared)
             .await
-            .map(|Query(q)| AttachParams(q))
-            .map_err(|err| shared.port.refuse(Refusal::BadQuery(err.body_text())))
+            .map_err(|err| shared.port.refuse(Refusal::BadQuery(err.body_text())))?;
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+        let headers = parts
+            .headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .collect();
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        Ok(AttachParams(query.0, Client { peer, token, headers }))
+    }
+}
+
+/// Whether a request's Origin may use this server. Requests without one are not from a browser page (or are
+/// same-origin GETs), which the check exists to tell apart.
+pub(crate) fn origin_allowed(allowed: &[String], headers: &axum::http::HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        Some(origin) => allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
+        None => true,
     }
 }
 

@@ -10,12 +10,12 @@ use futures_util::{FutureExt, StreamExt};
 
 use crate::{json_response, AttachParams, Port, Shared, Transport};
 
-pub(crate) async fn poll<P: Port>(State(shared): State<Shared<P>>, AttachParams(query): AttachParams) -> Response {
+pub(crate) async fn poll<P: Port>(State(shared): State<Shared<P>>, params: AttachParams) -> Response {
     let _permit = match shared.admit() {
         Ok(permit) => permit,
         Err(rejection) => return rejection.into_response(),
     };
-    let attached = match shared.port.attach(query.into_attach(Transport::LongPolling, true)).await {
+    let attached = match shared.port.attach(params.into_attach(Transport::LongPolling, true)).await {
         Ok(attached) => attached,
         Err(rejection) => return rejection.into_response(),
     };
@@ -37,7 +37,7 @@ pub(crate) async fn poll<P: Port>(State(shared): State<Shared<P>>, AttachParams(
                 position = p;
             }
             frames.push(out.frame);
-            if frames.len() >= shared.config.max_batch {
+            if out.end.is_some() || frames.len() >= shared.config.max_batch {
                 break;
             }
             // Take whatever else is ready now; a batch never waits for more.

@@ -5,6 +5,7 @@
 //! so a transport never parses or builds protocol frames and the core never sees HTTP.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -26,6 +27,19 @@ pub struct Attach {
     pub channels: Option<String>,
     /// Whether each delivered frame should carry the position after it (SSE ids, poll responses).
     pub track_position: bool,
+    /// The client as the connection shows it: address, token, headers.
+    pub client: Client,
+}
+
+/// Who is attaching, as far as HTTP tells: the core decides what it may do.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// The TCP peer's address (a proxy's, behind one).
+    pub peer: Option<IpAddr>,
+    /// A connection token, from `Authorization: Bearer` or the `token` query parameter.
+    pub token: Option<String>,
+    /// The request's headers, lowercase names (`x-forwarded-for`, `cookie`, ...).
+    pub headers: Vec<(String, String)>,
 }
 
 /// A successful attach: the session, its `welcome` frame and the feed of frames to deliver.
@@ -47,6 +61,15 @@ pub struct Outbound {
     pub frame: Bytes,
     /// The position after this frame, when the attach asked for it and the frame moved it.
     pub position: Option<String>,
+    /// Set on a feed's last frame: it ends the connection (a WebSocket closes with this).
+    pub end: Option<Ending>,
+}
+
+/// Why a feed ended: the close code and reason a WebSocket closes with (the frame said it to every transport).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending {
+    pub close_code: u16,
+    pub reason: &'static str,
 }
 
 /// A refused request, already worded and encoded by the core; a transport only picks how to tell it.
@@ -62,6 +85,8 @@ pub struct Rejection {
     pub body: Bytes,
     /// The `error` frame, for a connection that is already open.
     pub frame: Bytes,
+    /// Over a rate limit: when to retry (`Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 /// What the transports refuse on their own, before the core is asked; the core words it ([`Port::refuse`]).
@@ -78,7 +103,7 @@ pub enum Refusal {
     BodyTooLarge,
     /// A request that needs `session` came without it.
     MissingSession,
-    /// A WebSocket from an Origin not in `allowed_origins`.
+    /// A request from an Origin not in `allowed_origins`.
     ForbiddenOrigin,
     /// A binary WebSocket message: frames are text.
     BinaryMessage,

@@ -10,7 +10,7 @@ use crate::{json_response, AttachParams, Port, Refusal, Shared};
 
 pub(crate) async fn send<P: Port>(
     State(shared): State<Shared<P>>,
-    AttachParams(query): AttachParams,
+    params: AttachParams,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let refuse = |refusal| shared.port.refuse(refusal).into_response();
@@ -20,10 +20,10 @@ pub(crate) async fn send<P: Port>(
         Err(err) if err.status() == StatusCode::PAYLOAD_TOO_LARGE => return refuse(Refusal::BodyTooLarge),
         Err(err) => return refuse(Refusal::BadBody(err.body_text())),
     };
-    let Some(session) = query.session.filter(|s| !s.is_empty()) else {
+    let Some(session) = params.session() else {
         return refuse(Refusal::MissingSession);
     };
-    match shared.port.send(&session, &body).await {
+    match shared.port.send(session, &body).await {
         Ok(replies) => json_response(replies),
         Err(rejection) => rejection.into_response(),
     }

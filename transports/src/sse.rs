@@ -17,7 +17,7 @@ const PADDING: usize = 2048;
 
 pub(crate) async fn attach<P: Port>(
     State(shared): State<Shared<P>>,
-    AttachParams(mut query): AttachParams,
+    params: AttachParams,
     headers: HeaderMap,
 ) -> Response {
     let permit = match shared.admit() {
@@ -26,18 +26,18 @@ pub(crate) async fn attach<P: Port>(
     };
     // The query wins over Last-Event-ID: a client that re-creates its EventSource knows better.
     let mut session_from_header = false;
+    let mut attach = params.into_attach(Transport::Sse, true);
     if let Some((session, position)) =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.split_once(';'))
     {
-        if query.session.is_none() {
-            query.session = Some(session.to_owned());
-            session_from_header = true;
+        if attach.session.is_none() {
+            attach.session = Some(session.to_owned()).filter(|s| !s.is_empty());
+            session_from_header = attach.session.is_some();
         }
-        if query.position.is_none() {
-            query.position = Some(position.to_owned());
+        if attach.position.is_none() {
+            attach.position = Some(position.to_owned()).filter(|p| !p.is_empty());
         }
     }
-    let mut attach = query.into_attach(Transport::Sse, true);
     let mut attached = shared.port.attach(attach.clone()).await;
     if session_from_header && matches!(&attached, Err(r) if r.status == StatusCode::NOT_FOUND) {
         // A browser's own reconnect after its session expired: a 404 would end the EventSource for good, so start
@@ -68,6 +68,9 @@ pub(crate) async fn attach<P: Port>(
                     Some(out) => {
                         let id = out.position.map(|p| format!("{session};{p}"));
                         yield Ok(event(id.as_deref(), &out.frame));
+                        if out.end.is_some() {
+                            break;
+                        }
                     }
                     None => break,
                 },

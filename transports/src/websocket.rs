@@ -5,7 +5,7 @@
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -24,19 +24,15 @@ mod close {
 
 pub(crate) async fn attach<P: Port>(
     State(shared): State<Shared<P>>,
-    AttachParams(query): AttachParams,
-    headers: HeaderMap,
+    params: AttachParams,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&shared.config.allowed_origins, &headers) {
-        return shared.port.refuse(Refusal::ForbiddenOrigin).into_response();
-    }
     let permit = match shared.admit() {
         Ok(permit) => permit,
         Err(rejection) => return rejection.into_response(),
     };
     // A browser cannot read the body of a refused upgrade, so a session fault is told inside the socket.
-    let attached = match shared.port.attach(query.into_attach(Transport::WebSocket, false)).await {
+    let attached = match shared.port.attach(params.into_attach(Transport::WebSocket, false)).await {
         Ok(attached) => Ok(attached),
         Err(rejection) if rejection.status == StatusCode::NOT_FOUND => Err(rejection),
         Err(rejection) => return rejection.into_response(),
@@ -77,9 +73,12 @@ async fn run<P: Port>(
     let closing = loop {
         let sent = tokio::select! {
             item = feed.next() => match item {
-                Some(out) => socket.send(text(out.frame)).await,
-                // The feed ends only when its session is gone; it has said so in an error frame.
-                None => break Some((close::POLICY, "session_unknown")),
+                Some(out) => match (socket.send(text(out.frame)).await, out.end) {
+                    // The feed's last frame said why it ends (the session is gone, its token expired).
+                    (Ok(()), Some(end)) => break Some((end.close_code, end.reason)),
+                    (sent, _) => sent,
+                },
+                None => break Some((close::POLICY, "the session's feed ended")),
             },
             received = socket.recv() => match received {
                 Some(Ok(Message::Text(frame))) => {
@@ -130,16 +129,5 @@ fn text(frame: Bytes) -> Message {
     match Utf8Bytes::try_from(frame) {
         Ok(text) => Message::Text(text),
         Err(_) => Message::Close(Some(CloseFrame { code: close::INTERNAL, reason: "frame was not UTF-8".into() })),
-    }
-}
-
-fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        Some(origin) => allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
-        // Non-browser clients send no Origin; the check exists to stop other sites' pages.
-        None => true,
     }
 }

@@ -1,39 +1,43 @@
 //! [`ChannelLog`] on Redis: one script per operation on the channel's slot.
+//!
+//! A client's subscribe or publish may create a channel only within the node's channels per second: the script
+//! first runs without creating, and only a channel it finds absent is counted and created by a second run.
 
+use fred::types::scripts::Script;
 use fred::types::Value;
 use serde_json::value::RawValue;
 
 use super::keys::Part;
 use super::scripts::{append_reply, malformed, top_reply, ReadReply};
 use super::RedisStore;
-use crate::model::{ChannelName, Cursor, Epoch};
+use crate::model::{ChannelName, Cursor, Epoch, Sender};
 use crate::protocol::Message;
-use crate::store::{ChannelLog, History, StoreError};
+use crate::store::{Append, ChannelLog, History, StoreError};
 
 impl ChannelLog for RedisStore {
-    async fn append(
-        &self,
-        channel: &ChannelName,
-        data: &RawValue,
-        ts: u64,
-        dedupe: Option<&str>,
-    ) -> Result<Cursor, StoreError> {
+    async fn append(&self, channel: &ChannelName, append: Append<'_>) -> Result<Cursor, StoreError> {
         let mut keys = vec![self.keys.channel(channel, Part::Meta), self.keys.channel(channel, Part::History)];
-        if let Some(key) = dedupe {
+        if let Some(key) = append.dedupe {
             keys.push(self.keys.dedupe(channel, key));
         }
+        let from = match append.from {
+            Some(sender) => serde_json::to_string(sender).unwrap_or_default(),
+            None => String::new(),
+        };
         let args = vec![
-            data.get().to_owned(),
-            ts.to_string(),
-            self.retention.history_size.to_string(),
-            Self::ttl_ms(self.retention.history_ttl),
+            append.data.get().to_owned(),
+            append.ts.to_string(),
+            append.keep.size.to_string(),
+            Self::ttl_ms(append.keep.ttl),
             Self::ttl_ms(self.retention.dedupe_ttl),
             self.keys.channel(channel, Part::Live),
             Epoch::random().to_string(),
             if self.sharded { "1" } else { "0" }.to_owned(),
-            self.meta_ttl_ms().to_string(),
+            self.meta_ttl_ms(append.keep.ttl).to_string(),
+            from,
         ];
-        append_reply(&self.eval(&self.scripts.append, keys, args).await?)
+        // The backend creates channels freely; a client within the node's rate.
+        append_reply(&self.creating(&self.scripts.append, keys, args, append.from.is_some()).await?)
     }
 
     async fn read(&self, channel: &ChannelName, after: &Cursor, limit: usize) -> Result<History, StoreError> {
@@ -43,7 +47,8 @@ impl ChannelLog for RedisStore {
             after.offset.to_string(),
             limit.max(1).to_string(),
             Epoch::random().to_string(),
-            self.meta_ttl_ms().to_string(),
+            self.meta_ttl_ms(self.retention.history_ttl).to_string(),
+            self.empty_ttl_ms().to_string(),
         ];
         let reply = ReadReply::try_from(self.eval(&self.scripts.read, keys, args).await?)?;
         let gap = reply.gap.map(|reason| (Cursor::new(reply.epoch.clone(), reply.after), reason));
@@ -54,12 +59,52 @@ impl ChannelLog for RedisStore {
 
     async fn top(&self, channel: &ChannelName) -> Result<Cursor, StoreError> {
         let keys = vec![self.keys.channel(channel, Part::Meta), self.keys.channel(channel, Part::History)];
-        let args = vec![Epoch::random().to_string(), self.meta_ttl_ms().to_string()];
-        top_reply(self.eval(&self.scripts.top, keys, args).await?)
+        let args = vec![
+            Epoch::random().to_string(),
+            self.meta_ttl_ms(self.retention.history_ttl).to_string(),
+            self.empty_ttl_ms().to_string(),
+        ];
+        top_reply(self.creating(&self.scripts.top, keys, args, true).await?)
     }
 }
 
-/// One stream entry, `[<offset>-0, [t, <ts>, d, <data>]]`, as a message of `channel`.
+impl RedisStore {
+    /// Runs a script that creates the channel when absent (its last argument says whether it may). When
+    /// `limited`, it first may not; a channel found absent then counts against the node's channels per second
+    /// before the second run creates it.
+    async fn creating(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        mut args: Vec<String>,
+        limited: bool,
+    ) -> Result<Value, StoreError> {
+        if !limited || !self.limits.limits_channels() {
+            args.push("1".into());
+            return self.eval(script, keys, args).await;
+        }
+        args.push("0".into());
+        let reply = self.eval(script, keys.clone(), args.clone()).await?;
+        if !absent(&reply) {
+            return Ok(reply);
+        }
+        self.limits.new_channel().map_err(StoreError::RateLimited)?;
+        args.pop();
+        args.push("1".into());
+        self.eval(script, keys, args).await
+    }
+}
+
+/// A script's answer for a channel it was not allowed to create: `absent` or `{absent}`.
+fn absent(reply: &Value) -> bool {
+    let text = match reply {
+        Value::Array(parts) if parts.len() == 1 => parts[0].as_string(),
+        other => other.as_string(),
+    };
+    text.as_deref() == Some("absent")
+}
+
+/// One stream entry, `[<offset>-0, [t, <ts>, d, <data>, (f, <sender>)]]`, as a message of `channel`.
 fn message(channel: &ChannelName, epoch: &Epoch, entry: Value) -> Result<std::sync::Arc<Message>, StoreError> {
     let Value::Array(entry) = entry else { return Err(malformed("stream entry")) };
     let (Some(id), Some(Value::Array(fields))) = (entry.first().and_then(|v| v.as_string()), entry.get(1)) else {
@@ -68,13 +113,15 @@ fn message(channel: &ChannelName, epoch: &Epoch, entry: Value) -> Result<std::sy
     let offset = id.split('-').next().and_then(|o| o.parse().ok()).ok_or_else(|| malformed("stream id"))?;
     let mut ts = 0;
     let mut data = None;
+    let mut from = None;
     for pair in fields.chunks(2) {
         match (pair[0].as_string().as_deref(), pair.get(1)) {
             (Some("t"), Some(v)) => ts = v.as_u64().unwrap_or(0),
             (Some("d"), Some(v)) => data = v.as_string(),
+            (Some("f"), Some(v)) => from = v.as_string().and_then(|f| serde_json::from_str::<Sender>(&f).ok()),
             _ => {}
         }
     }
     let data = data.and_then(|d| RawValue::from_string(d).ok()).ok_or_else(|| malformed("stream data"))?;
-    Ok(Message::new(channel.clone(), epoch.clone(), offset, ts, &data))
+    Ok(Message::new(channel.clone(), epoch.clone(), offset, ts, &data, from.as_ref()))
 }

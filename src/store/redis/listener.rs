@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::RedisStore;
 use crate::hub::{ListenCommand, Live, Topic};
-use crate::model::{ChannelName, Epoch};
+use crate::model::{ChannelName, Epoch, Sender};
 use crate::protocol::Message;
 
 pub(super) async fn run(
@@ -121,15 +121,18 @@ impl RedisStore {
     }
 }
 
-/// The live message a PUBLISH carried: `epoch offset ts\n<data>` (see `append.lua`).
+/// The live message a PUBLISH carried: `epoch offset ts\n<sender JSON or nothing>\n<data>` (see `append.lua`;
+/// JSON from serde holds no raw line break).
 fn parse_live(channel: ChannelName, payload: &str) -> Option<Arc<Message>> {
-    let (head, data) = payload.split_once('\n')?;
+    let (head, rest) = payload.split_once('\n')?;
+    let (from, data) = rest.split_once('\n')?;
+    let from: Option<Sender> = if from.is_empty() { None } else { Some(serde_json::from_str(from).ok()?) };
     let mut parts = head.split(' ');
     let epoch = Epoch::parse(parts.next()?).ok()?;
     let offset = parts.next()?.parse().ok()?;
     let ts = parts.next()?.parse().ok()?;
     let data = RawValue::from_string(data.to_owned()).ok()?;
-    Some(Message::new(channel, epoch, offset, ts, &data))
+    Some(Message::new(channel, epoch, offset, ts, &data, from.as_ref()))
 }
 
 #[cfg(test)]
@@ -139,9 +142,12 @@ mod tests {
     #[test]
     fn live_payloads_parse_into_message_frames() {
         let chat = ChannelName::parse("chat").unwrap();
-        let m = parse_live(chat.clone(), "e1 7 5\n{\"a\":1}").unwrap();
+        let m = parse_live(chat.clone(), "e1 7 5\n\n{\"a\":1}").unwrap();
         assert_eq!((m.epoch.as_str(), m.offset), ("e1", 7));
-        assert!(parse_live(chat.clone(), "e1 7\n1").is_none());
-        assert!(parse_live(chat, "e-1 7 5\n1").is_none());
+        assert!(!std::str::from_utf8(&m.frame).unwrap().contains("from"));
+        let m = parse_live(chat.clone(), "e1 8 5\n{\"sub\":\"u1\",\"pid\":\"p\"}\n2").unwrap();
+        assert!(std::str::from_utf8(&m.frame).unwrap().ends_with(r#""data":2,"from":{"sub":"u1","pid":"p"}}"#));
+        assert!(parse_live(chat.clone(), "e1 7\n\n1").is_none());
+        assert!(parse_live(chat, "e-1 7 5\n\n1").is_none());
     }
 }

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::{Retention, StoreError};
 use crate::hub::{Hub, ListenCommand};
+use crate::limits::{LimitSettings, Limits};
 use keys::Keys;
 use scripts::Scripts;
 
@@ -35,6 +36,8 @@ pub struct RedisStore {
     /// A cluster: live delivery uses sharded pub/sub (SPUBLISH/SSUBSCRIBE).
     sharded: bool,
     scripts: Scripts,
+    /// The node's limits; a client's new channel counts against its channels per second.
+    limits: Limits,
 }
 
 fn unavailable(err: fred::error::Error) -> StoreError {
@@ -50,6 +53,18 @@ impl RedisStore {
         retention: Retention,
         hub: Arc<Hub>,
         commands: mpsc::UnboundedReceiver<ListenCommand>,
+    ) -> Result<Arc<Self>, StoreError> {
+        Self::connect_limited(url, prefix, retention, hub, commands, Limits::new(&LimitSettings::off())).await
+    }
+
+    /// [`RedisStore::connect`] within the node's `limits`.
+    pub(crate) async fn connect_limited(
+        url: &str,
+        prefix: &str,
+        retention: Retention,
+        hub: Arc<Hub>,
+        commands: mpsc::UnboundedReceiver<ListenCommand>,
+        limits: Limits,
     ) -> Result<Arc<Self>, StoreError> {
         let config = Config::from_url(url).map_err(unavailable)?;
         let sharded = config.server.is_clustered();
@@ -72,15 +87,21 @@ impl RedisStore {
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
-        let store =
-            Arc::new(RedisStore { client, hub, retention, keys: Keys::new(prefix), sharded, scripts: Scripts::load() });
+        let scripts = Scripts::load();
+        let store = Arc::new(RedisStore { client, hub, retention, keys: Keys::new(prefix), sharded, scripts, limits });
         tokio::spawn(listener::run(Arc::downgrade(&store), subscriber, commands));
         Ok(store)
     }
 
-    /// Outlives history, so offsets keep counting while clients may hold cursors; refreshed by every read.
-    fn meta_ttl_ms(&self) -> u64 {
-        (self.retention.history_ttl * 2 + self.retention.session_ttl).as_millis() as u64
+    /// A channel's meta outlives its history (`history_ttl`), so offsets keep counting while clients may hold
+    /// cursors; refreshed by every read.
+    fn meta_ttl_ms(&self, history_ttl: Duration) -> u64 {
+        (history_ttl * 2 + self.retention.session_ttl).as_millis() as u64
+    }
+
+    /// The meta of a channel that never had a message lives as long as a session, refreshed by reads.
+    fn empty_ttl_ms(&self) -> u64 {
+        (self.retention.session_ttl * 2).as_millis() as u64
     }
 
     fn ttl_ms(d: Duration) -> String {

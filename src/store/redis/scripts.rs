@@ -17,6 +17,7 @@ pub(super) struct Scripts {
     pub read: Script,
     pub top: Script,
     pub subscribe: Script,
+    pub set_grant: Script,
 }
 
 impl Scripts {
@@ -27,6 +28,7 @@ impl Scripts {
             read: with(&[ENSURE_EPOCH, RESUME, include_str!("scripts/read.lua")]),
             top: with(&[ENSURE_EPOCH, include_str!("scripts/top.lua")]),
             subscribe: with(&[include_str!("scripts/subscribe.lua")]),
+            set_grant: with(&[include_str!("scripts/set_grant.lua")]),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! [`Sessions`] on Redis: one hash per session (`pid`, `pa`, and `c:<channel>` -> the cursor a subscription
-//! started at), with the session's TTL; changes are told on the session's control topic.
+//! [`Sessions`] on Redis: one hash per session (`pid`, `pa`, `g` the grant as JSON, and `c:<channel>` -> the
+//! cursor a subscription started at), with the session's TTL; changes are told on the session's control topic.
 
 use std::collections::BTreeMap;
 
@@ -7,10 +7,10 @@ use fred::interfaces::{HashesInterface, KeysInterface, PubsubInterface, SortedSe
 use fred::types::Value;
 
 use super::keys::Part;
-use super::scripts::{format_cursor, parse_cursor, SubscribeReply};
+use super::scripts::{format_cursor, malformed, parse_cursor, SubscribeReply};
 use super::{unavailable, RedisStore};
 use crate::hub::Topic;
-use crate::model::{now_ms, ChannelName, Cursor, SessionId, SessionRecord};
+use crate::model::{now_ms, ChannelName, Cursor, Grant, SessionId, SessionRecord};
 use crate::store::{Sessions, StoreError};
 
 impl RedisStore {
@@ -36,6 +36,9 @@ impl Sessions for RedisStore {
         let key = self.keys.session(id);
         let pipe = self.client.pipeline();
         let _: Value = pipe.hset(&key, ("pid", record.pid.as_str())).await.map_err(unavailable)?;
+        if let Some(grant) = &record.grant {
+            let _: Value = pipe.hset(&key, ("g", grant_json(grant))).await.map_err(unavailable)?;
+        }
         let _: Value = pipe.pexpire(&key, self.session_ttl_ms(), None).await.map_err(unavailable)?;
         let _: Vec<Value> = pipe.all().await.map_err(unavailable)?;
         Ok(())
@@ -55,7 +58,11 @@ impl Sessions for RedisStore {
             .filter_map(|(k, v)| Some((ChannelName::parse(k.strip_prefix("c:")?).ok()?, parse_cursor(v)?)))
             .collect();
         let presence_at = fields.get("pa").and_then(|t| t.parse().ok()).unwrap_or(0);
-        Ok(Some(SessionRecord { pid: pid.clone(), subscriptions, presence_at }))
+        let grant = match fields.get("g") {
+            Some(json) => Some(serde_json::from_str(json).map_err(|_| malformed("session grant"))?),
+            None => None,
+        };
+        Ok(Some(SessionRecord { pid: pid.clone(), subscriptions, presence_at, grant }))
     }
 
     async fn touch_session(&self, id: &SessionId, record: &SessionRecord) -> Result<bool, StoreError> {
@@ -100,10 +107,19 @@ impl Sessions for RedisStore {
         Ok(())
     }
 
+    async fn set_grant(&self, id: &SessionId, grant: &Grant) -> Result<bool, StoreError> {
+        let reply = self.eval(&self.scripts.set_grant, vec![self.keys.session(id)], vec![grant_json(grant)]).await?;
+        Ok(reply.as_u64() == Some(1))
+    }
+
     async fn notify_session(&self, id: &SessionId) -> Result<(), StoreError> {
         let topic = self.keys.topic(&Topic::Session(id.clone()));
         let result: Result<Value, _> =
             if self.sharded { self.client.spublish(topic, "1").await } else { self.client.publish(topic, "1").await };
         result.map(|_| ()).map_err(unavailable)
     }
+}
+
+fn grant_json(grant: &Grant) -> String {
+    serde_json::to_string(grant).unwrap_or_default()
 }

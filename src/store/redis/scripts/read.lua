@@ -1,9 +1,11 @@
 -- Reads a channel's history after a cursor, where `resume` says it starts.
--- KEYS: meta, stream. ARGV: after epoch, after offset, limit, candidate epoch, meta_ttl_ms.
+-- KEYS: meta, stream. ARGV: after epoch, after offset, limit, candidate epoch, meta_ttl_ms, empty_ttl_ms.
 -- Reply: {epoch, gap ('epoch' | 'trimmed' | ''), offset read after, entries (XRANGE form)}.
-local epoch = ensure_epoch(ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+-- Reading a subscribed channel always recreates it (its subscribers need an epoch); subscribes are limited.
+local epoch = ensure_epoch(ARGV[4], true)
 local top = tonumber(redis.call('HGET', KEYS[1], 't'))
+-- A channel that never had a message lives only while someone reads it.
+if top == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[6]) else redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 local first = top + 1
 local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 if head[1] then first = tonumber(string.match(head[1][1], '^(%d+)')) end
