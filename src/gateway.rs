@@ -50,7 +50,7 @@ impl<S: Store> Gateway<S> {
     pub fn new(store: Arc<S>, hub: Arc<Hub>, settings: Settings, node: String, limits: Limits) -> Result<Self, String> {
         let source = Arc::new(Source { store, hub, max_batch: settings.max_batch, session_ttl: settings.session_ttl });
         let verifier = Verifier::load(&settings.token)?;
-        let hooks = Hooks::new(&settings.hooks);
+        let hooks = Hooks::new(&settings.hooks)?;
         Ok(Gateway(Arc::new(Core { source, settings, node, verifier, hooks, limits })))
     }
 

@@ -202,6 +202,10 @@ async fn by_default_anonymous_clients_may_use_only_the_demo_namespace() {
         assert_eq!(message["data"], "hi");
         assert!(message["from"]["pid"].is_string() && message["from"]["sub"].is_null(), "{message}");
     }
+    // With no key configured, no token is accepted.
+    let token = hs256(&claims("u1", 600, &["*"], &["*"]));
+    let refused = attach(&node, "long-polling", &format!("channels=demo:chat&token={token}")).await;
+    assert!(matches!(&refused, Attach::Refused { status: 401, code } if code == "token_invalid"), "{refused:?}");
     // Nothing the refused publishes asked for was stored: the backend's first message takes offset 1.
     assert_eq!(publish_ok(&node.url, "secret:x", json!(1)).await["offset"], 1);
 }

@@ -127,12 +127,18 @@ impl std::fmt::Debug for Hooks {
 
 impl Hooks {
     /// The hooks for `settings`; `None` when no URL is set.
-    pub fn new(settings: &HookSettings) -> Option<Hooks> {
-        let url = settings.url.clone()?;
+    pub fn new(settings: &HookSettings) -> Result<Option<Hooks>, String> {
+        let Some(url) = settings.url.clone() else {
+            return Ok(None);
+        };
         match reqwest::Url::parse(&url) {
             Ok(parsed) if parsed.scheme() == "http" => {}
-            // This build's HTTP client has no TLS: every call would fail, and say so then.
-            _ => tracing::error!(url, "the hook URL is not a valid http:// URL: every hook call will fail"),
+            // This build's HTTP client has no TLS: refuse to start rather than fail every call.
+            _ => {
+                return Err(format!(
+                    "the hook URL `{url}` is not a valid http:// URL (hooks go to the application beside the gateway)"
+                ))
+            }
         }
         let secret = settings.secret.as_deref().filter(|s| !s.is_empty());
         if secret.is_none() {
@@ -145,14 +151,14 @@ impl Hooks {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("an HTTP client without TLS builds");
-        Some(Hooks {
+        Ok(Some(Hooks {
             url,
             mac,
             timeout: settings.timeout,
             connect: settings.connect,
             forward_headers: settings.forward_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
             client,
-        })
+        }))
     }
 
     /// Whether clients without a token go to the connect hook.
@@ -446,18 +452,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_or_unusable_hook_url_is_unavailable_with_a_clear_message() {
+    async fn an_unreachable_hook_is_unavailable_with_a_clear_message_and_an_unusable_url_stops_the_start() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let ask = |url: String| async move {
-            let hooks = Hooks::new(&HookSettings { url: Some(url), ..HookSettings::default() }).unwrap();
-            let channel = ChannelName::parse("chat:1").unwrap();
-            hooks.subscribe(Caller { pid: "p1", sub: None }, &channel).await.unwrap_err().0
-        };
-        let refused = ask(format!("http://127.0.0.1:{closed}/hook")).await;
+        let settings = |url: String| HookSettings { url: Some(url), ..HookSettings::default() };
+        let hooks = Hooks::new(&settings(format!("http://127.0.0.1:{closed}/hook"))).unwrap().unwrap();
+        let channel = ChannelName::parse("chat:1").unwrap();
+        let refused = hooks.subscribe(Caller { pid: "p1", sub: None }, &channel).await.unwrap_err().0;
         assert!(refused.starts_with("cannot connect to the hook: "), "{refused}");
         assert!(!refused.contains("127.0.0.1"), "the client is not told where the hook is: {refused}");
-        assert_eq!(ask("not a url".into()).await, "the hook URL is not a valid http:// URL");
-        // This build has no TLS client.
-        assert!(ask(format!("https://127.0.0.1:{closed}/hook")).await.ends_with("scheme is not http"));
+        for unusable in ["not a url".to_owned(), format!("https://127.0.0.1:{closed}/hook")] {
+            let err = Hooks::new(&settings(unusable.clone())).unwrap_err();
+            assert!(err.contains("not a valid http:// URL"), "{unusable}: {err}");
+        }
+        assert!(Hooks::new(&HookSettings::default()).unwrap().is_none(), "no URL, no hooks");
     }
 }
