@@ -11,6 +11,7 @@ use stickless_transports::Lifecycle;
 use crate::gateway::Gateway;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -50,20 +51,23 @@ impl Builder {
         let handle = Handle { lifecycle: Lifecycle::default(), node: node.clone() };
         // One set of limiters for the node: the gateway's, and the store's for the channels it creates.
         let limits = Limits::new(&settings.limits);
+        let metrics = Metrics::new();
         let router = match &settings.redis_url {
             None => {
                 let hub = Hub::local();
                 let store = MemoryStore::bounded(settings.retention(), hub.clone(), limits.clone());
                 store.spawn_sweeper(Duration::from_secs(5));
-                assemble(store, hub, &settings, &handle, limits)?
+                assemble(store, hub, &settings, &handle, limits, metrics)?
             }
             Some(url) => {
                 let (hub, commands) = Hub::with_listener();
                 let (prefix, retention) = (&settings.redis_prefix, settings.retention());
-                let store = RedisStore::connect_limited(url, prefix, retention, hub.clone(), commands, limits.clone())
-                    .await
-                    .map_err(|source| BuildError::Redis { url: url.clone(), source })?;
-                assemble(store, hub, &settings, &handle, limits)?
+                let observed = (limits.clone(), metrics.clone());
+                let store =
+                    RedisStore::connect_limited(url, prefix, retention, hub.clone(), commands, observed.0, observed.1)
+                        .await
+                        .map_err(|source| BuildError::Redis { url: url.clone(), source })?;
+                assemble(store, hub, &settings, &handle, limits, metrics)?
             }
         };
         for line in settings.namespaces.describe_anonymous() {
@@ -79,9 +83,10 @@ fn assemble<S: Store>(
     settings: &Settings,
     handle: &Handle,
     limits: Limits,
+    metrics: Metrics,
 ) -> Result<Router, BuildError> {
-    let gateway =
-        Gateway::new(store, hub, settings.clone(), handle.node.clone(), limits).map_err(BuildError::Settings)?;
+    let gateway = Gateway::new(store, hub, settings.clone(), handle.node.clone(), limits, metrics)
+        .map_err(BuildError::Settings)?;
     if let Some(every) = settings.demo_ticker {
         crate::demo::spawn_ticker(gateway.clone(), every, handle.lifecycle.shutdown.clone());
     }

@@ -15,6 +15,7 @@ use stickless_transports::{Ending, Outbound};
 use tokio_stream::StreamMap;
 
 use crate::hub::{Hub, Listener, Live, Topic};
+use crate::metrics::Connection;
 use crate::model::{now_secs, ChannelName, Position, SessionId, SessionRecord};
 use crate::protocol::{Downstream, ErrorCode};
 use crate::recovery::{Tracker, Verdict};
@@ -88,6 +89,7 @@ pub fn open<S: ChannelLog + Sessions>(
     position: Position,
     track: bool,
     mut control: Listener,
+    mut connection: Connection,
 ) -> Feed {
     Box::pin(async_stream::stream! {
         let mut live = StreamMap::new();
@@ -107,6 +109,7 @@ pub fn open<S: ChannelLog + Sessions>(
                         record = latest;
                     }
                     Ok(None) => {
+                        connection.ended(ErrorCode::SessionUnknown.as_str());
                         yield state.last(ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe());
                         break;
                     }
@@ -123,6 +126,7 @@ pub fn open<S: ChannelLog + Sessions>(
                         let full = history.messages.len() >= source.max_batch;
                         if let Some((resume, reason)) = history.gap {
                             let Some(previous) = state.tracker.apply_gap(&name, resume.clone()) else { continue };
+                            connection.gap(reason.as_str());
                             let gap = Downstream::Gap {
                                 channel: &name, epoch: &resume.epoch, offset: resume.offset, previous: &previous, reason,
                             };
@@ -130,6 +134,7 @@ pub fn open<S: ChannelLog + Sessions>(
                         }
                         for message in history.messages {
                             if state.tracker.accept_history(&name, &message.epoch, message.offset) {
+                                connection.delivered();
                                 yield state.outbound(message.frame.clone());
                             }
                         }
@@ -148,6 +153,7 @@ pub fn open<S: ChannelLog + Sessions>(
                 Some((_, event)) = live.next() => match event {
                     Live::Message(message) => {
                         if state.tracker.accept_live(&message.channel, &message.epoch, message.offset) == Verdict::Deliver {
+                            connection.delivered();
                             yield state.outbound(message.frame.clone());
                         }
                     }
@@ -162,6 +168,7 @@ pub fn open<S: ChannelLog + Sessions>(
                 _ = touch.tick() => {
                     // A store error here is told by the next failing read; only a gone session ends the feed.
                     if let Ok(false) = source.store.touch_session(&id, &record).await {
+                        connection.ended(ErrorCode::SessionUnknown.as_str());
                         yield state.last(ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe());
                         break;
                     }
@@ -171,11 +178,13 @@ pub fn open<S: ChannelLog + Sessions>(
                     match source.store.load_session(&id).await {
                         Ok(Some(latest)) if until_expiry(&latest).is_some_and(|left| !left.is_zero()) => record = latest,
                         Ok(Some(_)) => {
+                            connection.ended(ErrorCode::TokenExpired.as_str());
                             yield state.last(ErrorCode::TokenExpired, ErrorCode::TokenExpired.describe());
                             break;
                         }
                         Ok(None) => {
-                            yield state.last(ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe());
+                            connection.ended(ErrorCode::SessionUnknown.as_str());
+                        yield state.last(ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe());
                             break;
                         }
                         Err(_) => reload = true,

@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::feed::{self, Feed, Source};
 use crate::hub::{Hub, Topic};
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::model::{now_ms, now_secs, ChannelName, Cursor, Grant, Position, Sender, SessionId, SessionRecord};
 use crate::protocol::{self, AckResult, Downstream, ErrorCode, Negotiation, TransportOffer, Upstream};
 use crate::settings::Settings;
@@ -33,6 +34,7 @@ struct Core<S> {
     verifier: Option<Verifier>,
     hooks: Option<Hooks>,
     limits: Limits,
+    metrics: Metrics,
 }
 
 /// The cheap handle the transports and the HTTP API hold.
@@ -47,11 +49,36 @@ impl<S> Clone for Gateway<S> {
 impl<S: Store> Gateway<S> {
     /// The gateway for `settings`, within the node's `limits` (shared with its store); fails when a token key
     /// cannot be loaded.
-    pub fn new(store: Arc<S>, hub: Arc<Hub>, settings: Settings, node: String, limits: Limits) -> Result<Self, String> {
+    pub fn new(
+        store: Arc<S>,
+        hub: Arc<Hub>,
+        settings: Settings,
+        node: String,
+        limits: Limits,
+        metrics: Metrics,
+    ) -> Result<Self, String> {
         let source = Arc::new(Source { store, hub, max_batch: settings.max_batch, session_ttl: settings.session_ttl });
         let verifier = Verifier::load(&settings.token)?;
         let hooks = Hooks::new(&settings.hooks)?;
-        Ok(Gateway(Arc::new(Core { source, settings, node, verifier, hooks, limits })))
+        Ok(Gateway(Arc::new(Core { source, settings, node, verifier, hooks, limits, metrics })))
+    }
+
+    /// `/readyz`: whether this node can serve now (the store answers and live delivery works).
+    pub async fn ready(&self) -> Result<(), Error> {
+        let checked = self.store().check().await.map_err(Error::from);
+        self.0.metrics.set_ready(checked.is_ok());
+        checked
+    }
+
+    /// `/metrics`, in Prometheus text.
+    pub fn metrics(&self) -> String {
+        self.0.metrics.encode()
+    }
+
+    /// Counts a refusal on its way to the client.
+    fn refused(&self, err: Error) -> Error {
+        self.0.metrics.refused(err.code().as_str());
+        err
     }
 
     fn store(&self) -> &S {
@@ -98,7 +125,9 @@ impl<S: Store> Gateway<S> {
         }
         let data = protocol::compact(data);
         let keep = self.settings().keep(channel);
-        Ok(self.store().append(channel, Append { data: &data, ts: now_ms(), dedupe, from, keep }).await?)
+        let cursor = self.store().append(channel, Append { data: &data, ts: now_ms(), dedupe, from, keep }).await?;
+        self.0.metrics.published(from.is_some());
+        Ok(cursor)
     }
 
     /// The grant `token` gives, when this server accepts tokens.
@@ -210,6 +239,7 @@ impl<S: Store> Gateway<S> {
                 let mut record = SessionRecord::new();
                 record.grant = self.connect(&request.client, request.transport, ip).await?;
                 self.store().create_session(&id, &record).await?;
+                self.0.metrics.session_created();
                 (record, true)
             }
         };
@@ -226,6 +256,7 @@ impl<S: Store> Gateway<S> {
         if changed && !created {
             self.store().notify_session(&id).await?;
         }
+        let connection = self.0.metrics.connection(request.transport);
         let welcome = Downstream::Welcome {
             heartbeat_ms: self.settings().heartbeat.as_millis() as u64,
             node: &self.0.node,
@@ -240,7 +271,7 @@ impl<S: Store> Gateway<S> {
             created,
             welcome,
             position: start.to_string(),
-            feed: feed::open(self.0.source.clone(), id, record, start, request.track_position, control),
+            feed: feed::open(self.0.source.clone(), id, record, start, request.track_position, control, connection),
         })
     }
 
@@ -271,7 +302,7 @@ impl<S: Store> Gateway<S> {
     async fn apply(&self, id: &SessionId, record: &SessionRecord, frame: Upstream) -> Bytes {
         match self.command(id, record, &frame).await {
             Ok(ack) => ack,
-            Err(err) => err.frame(Some(frame.id())),
+            Err(err) => self.refused(err).frame(Some(frame.id())),
         }
     }
 
@@ -368,7 +399,7 @@ impl<S: Store> Gateway<S> {
         for raw in frames {
             replies.push(match Upstream::parse_value(raw) {
                 Ok(upstream) => self.apply(&id, &record, upstream).await,
-                Err(refused) => Error::from(refused.error).frame(refused.id.as_deref()),
+                Err(refused) => self.refused(Error::from(refused.error)).frame(refused.id.as_deref()),
             });
         }
         Ok(protocol::array(&replies))
@@ -402,27 +433,27 @@ impl<S: Store> Port for Gateway<S> {
     }
 
     async fn attach(&self, request: Attach) -> Result<Attached<Feed>, Rejection> {
-        self.open(request).await.map_err(Rejection::from)
+        self.open(request).await.map_err(|err| self.refused(err).rejection())
     }
 
     async fn upstream(&self, session: &str, bytes: &[u8]) -> Bytes {
         let upstream = match Upstream::parse(bytes) {
             Ok(upstream) => upstream,
-            Err(refused) => return Error::from(refused.error).frame(refused.id.as_deref()),
+            Err(refused) => return self.refused(Error::from(refused.error)).frame(refused.id.as_deref()),
         };
         // Limited before the session is loaded, so a refused flood costs the store nothing.
         let limited = SessionId::parse(session).map(|id| self.0.limits.upstream(&id, 1, bytes.len()));
         if let Ok(Err(wait)) = limited {
-            return Error::RateLimited(wait).frame(Some(upstream.id()));
+            return self.refused(Error::RateLimited(wait)).frame(Some(upstream.id()));
         }
         match self.load(session).await {
             Ok((id, record)) => self.apply(&id, &record, upstream).await,
-            Err(err) => err.frame(Some(upstream.id())),
+            Err(err) => self.refused(err).frame(Some(upstream.id())),
         }
     }
 
     async fn send(&self, session: &str, body: &[u8]) -> Result<Bytes, Rejection> {
-        self.send_frames(session, body).await.map_err(Rejection::from)
+        self.send_frames(session, body).await.map_err(|err| self.refused(err).rejection())
     }
 
     fn poll_response(&self, session: &str, position: &str, frames: &[Bytes]) -> Bytes {

@@ -24,6 +24,7 @@ mod feed;
 mod gateway;
 mod http;
 mod limits;
+mod metrics;
 mod settings;
 
 pub use builder::{BuildError, Builder, Handle};

@@ -2,6 +2,7 @@
 //! serving it with graceful shutdown.
 
 mod api;
+mod probes;
 
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ pub(crate) fn router<S: Store>(gateway: Gateway<S>, settings: &Settings, lifecyc
     // CORS for the client endpoints only, from the same list as the WebSocket Origin check; the backend API
     // (`/v1/publish`, `/v1/presence`) is for servers and answers no browser page.
     let clients = stickless_transports::router(gateway.clone(), settings.transport(), lifecycle).layer(cors(settings));
-    let mut router = clients.merge(api::router(gateway, settings));
+    let mut router = clients.merge(api::router(gateway.clone(), settings)).merge(probes::router(gateway));
     if let Some(dir) = &settings.web_dir {
         router = router.fallback_service(ServeDir::new(dir));
     }

@@ -89,6 +89,16 @@ pub enum GapReason {
     Epoch,
 }
 
+impl GapReason {
+    /// As the `gap` frame's `reason` says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::Trimmed => "trimmed",
+            GapReason::Epoch => "epoch",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

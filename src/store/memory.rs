@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Append, ChannelLog, History, Keep, Presence, Retention, Sessions, StoreError};
+use super::{Append, ChannelLog, Health, History, Keep, Presence, Retention, Sessions, StoreError};
 use crate::hub::{Hub, Live, Topic};
 use crate::limits::{LimitSettings, Limits};
 use crate::model::{now_ms, ChannelName, Cursor, Epoch, Grant, SessionId, SessionRecord};
@@ -408,6 +408,13 @@ impl Presence for MemoryStore {
             pids.sort();
             pids
         }))
+    }
+}
+
+impl Health for MemoryStore {
+    /// In this process: serving at all is being healthy.
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 

@@ -151,7 +151,12 @@ pub trait Presence: Send + Sync + 'static {
     fn presence(&self, channel: &ChannelName) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
-/// Everything the gateway needs from a backend.
-pub trait Store: ChannelLog + Sessions + Presence {}
+/// Whether the store serves now: commands answer, and live delivery (pub/sub) works.
+pub trait Health: Send + Sync + 'static {
+    fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
-impl<T: ChannelLog + Sessions + Presence> Store for T {}
+/// Everything the gateway needs from a backend.
+pub trait Store: ChannelLog + Sessions + Presence + Health {}
+
+impl<T: ChannelLog + Sessions + Presence + Health> Store for T {}

@@ -46,6 +46,11 @@ impl Keys {
         format!("{}:s:{{{}}}", self.prefix, id.as_str())
     }
 
+    /// A node's own probe topic (`nonce`: random per node), which no channel name can produce.
+    pub fn probe(&self, nonce: &str) -> String {
+        format!("{}:probe:{nonce}", self.prefix)
+    }
+
     /// The pub/sub topic a hub topic is delivered on.
     pub fn topic(&self, topic: &Topic) -> String {
         match topic {

@@ -14,9 +14,11 @@ use serde_json::value::RawValue;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
 
+use std::sync::atomic::Ordering;
+
 use super::RedisStore;
 use crate::hub::{ListenCommand, Live, Topic};
-use crate::model::{ChannelName, Epoch, Sender};
+use crate::model::{now_ms, ChannelName, Epoch, Sender};
 use crate::protocol::Message;
 
 pub(super) async fn run(
@@ -28,6 +30,13 @@ pub(super) async fn run(
     let mut reconnects = subscriber.reconnect_rx();
     // Topics whose subscription failed: retried every second and after a reconnect.
     let mut pending: Vec<(Topic, watch::Sender<bool>)> = Vec::new();
+    // The node's probe: published every second, its return through pub/sub is what "live delivery works" means.
+    if let Some(store) = store.upgrade() {
+        if let Err(err) = store.subscribe_confirmed(&subscriber, std::slice::from_ref(&store.probe)).await {
+            tracing::warn!(%err, "could not subscribe the readiness probe; retrying after the next reconnect");
+        }
+    }
+    let mut probes = tokio::time::interval(Duration::from_secs(1));
     loop {
         let Some(store) = store.upgrade() else { break };
         tokio::select! {
@@ -48,8 +57,23 @@ pub(super) async fn run(
                 }
                 None => break,
             },
+            _ = probes.tick() => {
+                let (client, probe, sharded) = (store.client.clone(), store.probe.clone(), store.sharded);
+                // Not awaited here: a stalled Redis must not stall the delivery of what does arrive.
+                tokio::spawn(async move {
+                    let publish: Result<Value, _> =
+                        if sharded { client.spublish(probe, "p").await } else { client.publish(probe, "p").await };
+                    if let Err(err) = publish {
+                        tracing::debug!(%err, "readiness probe not published");
+                    }
+                });
+            }
             message = messages.recv() => match message {
                 Ok(message) => {
+                    if *message.channel == *store.probe {
+                        store.live_at.store(now_ms(), Ordering::Relaxed);
+                        continue;
+                    }
                     let Some(topic) = store.keys.topic_of(&message.channel) else { continue };
                     let event = match &topic {
                         Topic::Channel(channel) => {
@@ -73,7 +97,8 @@ pub(super) async fn run(
                 // Subscribe exactly the hub's topics again (confirmed), then every feed re-reads history.
                 tracing::info!("Redis reconnected: re-subscribing and re-reading history");
                 let topics = store.hub.topics();
-                let names: Vec<String> = topics.iter().map(|t| store.keys.topic(t)).collect();
+                let mut names: Vec<String> = topics.iter().map(|t| store.keys.topic(t)).collect();
+                names.push(store.probe.clone());
                 match store.subscribe_confirmed(&subscriber, &names).await {
                     Ok(()) => {
                         for (_, ready) in pending.drain(..) {

@@ -13,8 +13,9 @@ mod presence;
 mod scripts;
 mod sessions;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::interfaces::ClientLike;
 use fred::prelude::{Client, Config, ReconnectPolicy};
@@ -22,9 +23,11 @@ use fred::types::scripts::Script;
 use fred::types::{Builder, Value};
 use tokio::sync::mpsc;
 
-use super::{Retention, StoreError};
+use super::{Health, Retention, StoreError};
 use crate::hub::{Hub, ListenCommand};
 use crate::limits::{LimitSettings, Limits};
+use crate::metrics::Metrics;
+use crate::model::now_ms;
 use keys::Keys;
 use scripts::Scripts;
 
@@ -38,6 +41,11 @@ pub struct RedisStore {
     scripts: Scripts,
     /// The node's limits; a client's new channel counts against its channels per second.
     limits: Limits,
+    metrics: Metrics,
+    /// This node's own pub/sub topic, on which the listener sends itself a probe every second.
+    probe: String,
+    /// When a probe last came back through pub/sub (ms since 1970): live delivery works.
+    live_at: AtomicU64,
 }
 
 fn unavailable(err: fred::error::Error) -> StoreError {
@@ -54,10 +62,11 @@ impl RedisStore {
         hub: Arc<Hub>,
         commands: mpsc::UnboundedReceiver<ListenCommand>,
     ) -> Result<Arc<Self>, StoreError> {
-        Self::connect_limited(url, prefix, retention, hub, commands, Limits::new(&LimitSettings::off())).await
+        let (limits, metrics) = (Limits::new(&LimitSettings::off()), Metrics::new());
+        Self::connect_limited(url, prefix, retention, hub, commands, limits, metrics).await
     }
 
-    /// [`RedisStore::connect`] within the node's `limits`.
+    /// [`RedisStore::connect`] within the node's `limits`, counting its round trips in `metrics`.
     pub(crate) async fn connect_limited(
         url: &str,
         prefix: &str,
@@ -65,6 +74,7 @@ impl RedisStore {
         hub: Arc<Hub>,
         commands: mpsc::UnboundedReceiver<ListenCommand>,
         limits: Limits,
+        metrics: Metrics,
     ) -> Result<Arc<Self>, StoreError> {
         let config = Config::from_url(url).map_err(unavailable)?;
         let sharded = config.server.is_clustered();
@@ -88,7 +98,11 @@ impl RedisStore {
         client.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
         let scripts = Scripts::load();
-        let store = Arc::new(RedisStore { client, hub, retention, keys: Keys::new(prefix), sharded, scripts, limits });
+        let keys = Keys::new(prefix);
+        let probe = keys.probe(&crate::model::random_hex(8));
+        let live_at = AtomicU64::new(now_ms());
+        let store =
+            Arc::new(RedisStore { client, hub, retention, keys, sharded, scripts, limits, metrics, probe, live_at });
         tokio::spawn(listener::run(Arc::downgrade(&store), subscriber, commands));
         Ok(store)
     }
@@ -109,6 +123,34 @@ impl RedisStore {
     }
 
     async fn eval(&self, script: &Script, keys: Vec<String>, args: Vec<String>) -> Result<Value, StoreError> {
-        script.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)
+        let started = Instant::now();
+        let result = script.evalsha_with_reload(&self.client, keys, args).await;
+        self.metrics.store_round_trip(started.elapsed(), result.is_ok());
+        result.map_err(unavailable)
+    }
+}
+
+/// How long a health check's PING may take.
+const PING_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long live delivery may go without a probe coming back before the store counts as unhealthy.
+const LIVE_WITHIN: Duration = Duration::from_millis(2500);
+
+impl Health for RedisStore {
+    /// Commands answer (a PING), and a probe published by this node came back through pub/sub recently.
+    async fn check(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        // Bounded well below the command timeout: a probe must answer quickly to be worth anything.
+        let ping = match tokio::time::timeout(PING_WITHIN, self.client.ping::<Value>(None)).await {
+            Ok(answered) => answered.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable(format!("Redis did not answer PING within {PING_WITHIN:?}"))),
+        };
+        self.metrics.store_round_trip(started.elapsed(), ping.is_ok());
+        ping?;
+        let silent = now_ms().saturating_sub(self.live_at.load(Ordering::Relaxed));
+        if silent > LIVE_WITHIN.as_millis() as u64 {
+            return Err(StoreError::Unavailable(format!("live delivery (pub/sub) has not answered for {silent} ms")));
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,210 @@
+//! Metrics: what an operator graphs and alerts on, as Prometheus text at `/metrics`. One registry per node (no
+//! global recorder, so an application that embeds stickless keeps its own); every labelled series is created
+//! once, up front, so counting on the delivery path is an atomic add, never an allocation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The transports, as labels.
+const TRANSPORTS: [&str; 3] = ["websocket", "sse", "long-polling"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Label {
+    transport: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Source {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+/// Per transport: one series handle each, indexed like [`TRANSPORTS`].
+struct ByTransport<M>([M; 3]);
+
+impl<M: Clone> ByTransport<M> {
+    fn new<F: Fn() -> M>(family: &Family<Label, M, F>) -> Self {
+        ByTransport(TRANSPORTS.map(|t| family.get_or_create(&Label { transport: t.into() }).clone()))
+    }
+
+    fn get(&self, transport: &str) -> &M {
+        let i = TRANSPORTS.iter().position(|t| *t == transport).unwrap_or(0);
+        &self.0[i]
+    }
+}
+
+struct Inner {
+    registry: Registry,
+    connections: ByTransport<Gauge>,
+    attaches: ByTransport<Counter>,
+    delivered: ByTransport<Counter>,
+    sessions: Counter,
+    published_client: Counter,
+    published_backend: Counter,
+    gaps: Family<Reason, Counter>,
+    disconnects: Family<Reason, Counter>,
+    refusals: Family<Reason, Counter>,
+    store_latency: Histogram,
+    store_errors: Counter,
+    ready: Gauge,
+}
+
+/// This node's metrics; clones share them.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stickless");
+        let connections = Family::<Label, Gauge>::default();
+        let attaches = Family::<Label, Counter>::default();
+        let delivered = Family::<Label, Counter>::default();
+        let sessions = Counter::default();
+        let published = Family::<Source, Counter>::default();
+        let gaps = Family::<Reason, Counter>::default();
+        let disconnects = Family::<Reason, Counter>::default();
+        let refusals = Family::<Reason, Counter>::default();
+        let store_latency = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        let store_errors = Counter::default();
+        let ready = Gauge::default();
+        registry.register("connections", "Open connections (WebSocket, SSE, waiting polls)", connections.clone());
+        registry.register("attaches", "Attaches to a session", attaches.clone());
+        registry.register("sessions_created", "Sessions created", sessions.clone());
+        registry.register("messages_published", "Messages stored, by who published them", published.clone());
+        registry.register("messages_delivered", "Message frames sent to clients", delivered.clone());
+        registry.register("gaps", "Gap frames sent: history did not reach back", gaps.clone());
+        registry.register("disconnects", "Feeds that ended, by reason", disconnects.clone());
+        registry.register("refusals", "Requests and frames refused, by error code", refusals.clone());
+        registry.register("store_round_trip_seconds", "Redis round trips (scripts, pipelines)", store_latency.clone());
+        registry.register("store_errors", "Redis commands that failed or timed out", store_errors.clone());
+        registry.register("ready", "1 when /readyz answers 200", ready.clone());
+        let published_client = published.get_or_create(&Source { source: "client".into() }).clone();
+        let published_backend = published.get_or_create(&Source { source: "backend".into() }).clone();
+        Metrics(Arc::new(Inner {
+            connections: ByTransport::new(&connections),
+            attaches: ByTransport::new(&attaches),
+            delivered: ByTransport::new(&delivered),
+            registry,
+            sessions,
+            published_client,
+            published_backend,
+            gaps,
+            disconnects,
+            refusals,
+            store_latency,
+            store_errors,
+            ready,
+        }))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.0.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// A connection opened on `transport`; the gauge goes down when the guard drops.
+    pub fn connection(&self, transport: &'static str) -> Connection {
+        self.0.attaches.get(transport).inc();
+        self.0.connections.get(transport).inc();
+        Connection { metrics: self.clone(), transport, ended: None }
+    }
+
+    pub fn session_created(&self) {
+        self.0.sessions.inc();
+    }
+
+    pub fn published(&self, by_client: bool) {
+        if by_client { &self.0.published_client } else { &self.0.published_backend }.inc();
+    }
+
+    pub fn gap(&self, reason: &str) {
+        self.0.gaps.get_or_create(&Reason { reason: reason.into() }).inc();
+    }
+
+    /// A request or frame refused with `code`.
+    pub fn refused(&self, code: &str) {
+        self.0.refusals.get_or_create(&Reason { reason: code.into() }).inc();
+    }
+
+    /// One round trip to the store.
+    pub fn store_round_trip(&self, took: Duration, ok: bool) {
+        self.0.store_latency.observe(took.as_secs_f64());
+        if !ok {
+            self.0.store_errors.inc();
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.0.ready.set(i64::from(ready));
+    }
+}
+
+/// One open connection: counts what it delivers, and why it ended.
+pub struct Connection {
+    metrics: Metrics,
+    transport: &'static str,
+    ended: Option<&'static str>,
+}
+
+impl Connection {
+    pub fn delivered(&self) {
+        self.metrics.0.delivered.get(self.transport).inc();
+    }
+
+    pub fn gap(&self, reason: &str) {
+        self.metrics.gap(reason);
+    }
+
+    /// The feed ended for `reason` (an error code), not because the client went away.
+    pub fn ended(&mut self, reason: &'static str) {
+        self.ended = Some(reason);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.metrics.0.connections.get(self.transport).dec();
+        let reason = self.ended.unwrap_or("closed");
+        self.metrics.0.disconnects.get_or_create(&Reason { reason: reason.into() }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_count_up_and_down_and_end_with_a_reason() {
+        let metrics = Metrics::new();
+        let mut ws = metrics.connection("websocket");
+        let _sse = metrics.connection("sse");
+        ws.delivered();
+        ws.ended("token_expired");
+        assert!(metrics.encode().contains(r#"stickless_connections{transport="websocket"} 1"#));
+        drop(ws);
+        let text = metrics.encode();
+        assert!(text.contains(r#"stickless_connections{transport="websocket"} 0"#), "{text}");
+        assert!(text.contains(r#"stickless_messages_delivered_total{transport="websocket"} 1"#), "{text}");
+        assert!(text.contains(r#"stickless_disconnects_total{reason="token_expired"} 1"#), "{text}");
+    }
+}
