@@ -44,7 +44,7 @@ impl Builder {
     }
 
     /// Connects the store (Redis when `redis_url` is set) and returns the router with every stickless route
-    /// (`/v1/...`, and `web_dir` as the fallback when set) and the node's handle. Call it inside a tokio runtime.
+    /// (`/v1/...`, and `web` as the fallback when set) and the node's handle. Call it inside a tokio runtime.
     pub async fn build(self) -> Result<(Router, Handle), BuildError> {
         let settings = self.settings.sane();
         let node = settings.node_id.clone().unwrap_or_else(|| format!("node-{}", crate::model::random_hex(2)));

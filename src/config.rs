@@ -15,7 +15,7 @@ use serde::Deserialize;
 use stickless_transports::Transport;
 
 use crate::auth::Namespace;
-use crate::settings::Settings;
+use crate::settings::{Settings, WebFiles};
 
 fn defaults() -> Settings {
     Settings::default()
@@ -106,9 +106,9 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_CLIENT_PRESENCE", default_value_t = defaults().client_presence, action = clap::ArgAction::Set)]
     pub client_presence: bool,
 
-    /// Directory served at / (the demo).
-    #[arg(long, env = "STICKLESS_WEB_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
-    pub web_dir: PathBuf,
+    /// Directory served at / instead of the demo and client built into the binary.
+    #[arg(long, env = "STICKLESS_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
 
     /// Publish a demo ticker to `demo:ticker` every N milliseconds (0: off). Turn it off in production.
     #[arg(long, env = "STICKLESS_DEMO_TICKER_MS", default_value_t = 1000)]
@@ -224,10 +224,10 @@ impl Config {
             None => File::default(),
         };
         // The binary serves the demo and runs its ticker unless the file or a flag says otherwise.
-        let (file_sets_web_dir, file_sets_ticker) = (file.web_dir.is_some(), file.demo_ticker_ms.is_some());
-        let mut settings = file.apply(Settings::default());
-        if !file_sets_web_dir || self.given("web_dir") {
-            settings.web_dir = Some(self.web_dir.clone());
+        let file_sets_ticker = file.demo_ticker_ms.is_some();
+        let mut settings = file.apply(Settings { web: WebFiles::Embedded, ..Settings::default() });
+        if let Some(dir) = &self.web_dir {
+            settings.web = WebFiles::Dir(dir.clone());
         }
         if !file_sets_ticker || self.given("demo_ticker_ms") {
             settings.demo_ticker = (self.demo_ticker_ms > 0).then(|| Duration::from_millis(self.demo_ticker_ms));
@@ -380,7 +380,7 @@ impl File {
         set(&mut s.max_connections, self.max_connections);
         set(&mut s.allowed_origins, self.allowed_origins);
         set(&mut s.api_key, self.api_key.map(Some));
-        set(&mut s.web_dir, self.web_dir.map(Some));
+        set(&mut s.web, self.web_dir.map(WebFiles::Dir));
         set(&mut s.demo_ticker, self.demo_ticker_ms.map(|ms| (ms > 0).then(|| Duration::from_millis(ms))));
         set(&mut s.token.hs256_secret, self.token.hs256_secret.map(Some));
         set(&mut s.token.public_key, self.token.public_key.map(Some));
@@ -415,7 +415,11 @@ mod tests {
     fn flags_default_to_the_settings_defaults() {
         let settings = Config::try_load_from(["stickless"]).unwrap().settings().unwrap();
         let defaults = Settings::default();
-        assert_eq!(format!("{:?}", Settings { web_dir: None, demo_ticker: None, ..settings }), format!("{defaults:?}"));
+        assert_eq!(settings.web, WebFiles::Embedded, "the binary serves the demo built into it");
+        assert_eq!(
+            format!("{:?}", Settings { web: WebFiles::Off, demo_ticker: None, ..settings }),
+            format!("{defaults:?}")
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod settings;
 pub use builder::{BuildError, Builder, Handle};
 pub use config::Config;
 pub use limits::LimitSettings;
-pub use settings::Settings;
+pub use settings::{Settings, WebFiles};
 
 /// Runs a node with the command line's `config` on `listener` until SIGINT/SIGTERM.
 pub async fn run(config: Config, listener: tokio::net::TcpListener) -> anyhow::Result<()> {

@@ -13,6 +13,17 @@ use crate::limits::LimitSettings;
 use crate::model::ChannelName;
 use crate::store::{Keep, Retention};
 
+/// The files a node serves at `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebFiles {
+    /// None: the router answers only the API (an embedding application serves its own pages).
+    Off,
+    /// The demo and the client as built into the binary (`web/`).
+    Embedded,
+    /// A directory's files.
+    Dir(PathBuf),
+}
+
 /// How one stickless node behaves. `Settings::default()` is a complete, safe configuration for a single node
 /// on the embedded store.
 #[derive(Debug, Clone)]
@@ -53,8 +64,8 @@ pub struct Settings {
     pub api_key: Option<String>,
     /// Whether clients may list a channel's subscribers with `presence` frames.
     pub client_presence: bool,
-    /// Directory served at `/` (`None`: no files; the router answers only the API).
-    pub web_dir: Option<PathBuf>,
+    /// The files served at `/` (the demo and the client), if any.
+    pub web: WebFiles,
     /// Publish a demo ticker to `demo:ticker` this often (`None`: off).
     pub demo_ticker: Option<Duration>,
     /// Who may do what, per namespace. The default lets anonymous clients use only `demo:` channels.
@@ -88,7 +99,7 @@ impl Default for Settings {
             allowed_origins: Vec::new(),
             api_key: None,
             client_presence: true,
-            web_dir: None,
+            web: WebFiles::Off,
             demo_ticker: None,
             namespaces: Namespaces::default(),
             token: TokenSettings::default(),

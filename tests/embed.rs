@@ -33,7 +33,7 @@ async fn embed_example_serves_the_app_route_and_delivers_over_sse() {
     assert_eq!(message["data"]["text"], "from the app's server");
 
     let missing = common::http().get(format!("{url}/index.html")).send().await.unwrap();
-    assert_eq!(missing.status(), 404, "no web_dir set: stickless serves no files of its own");
+    assert_eq!(missing.status(), 404, "Settings::default() serves no files: the application serves its own");
     example.signal("INT");
     assert!(example.exited_within(Duration::from_secs(10)), "Ctrl-C shuts the example down cleanly");
 }

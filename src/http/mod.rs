@@ -3,6 +3,7 @@
 
 mod api;
 mod probes;
+mod web;
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
 use crate::gateway::Gateway;
-use crate::settings::Settings;
+use crate::settings::{Settings, WebFiles};
 use crate::store::Store;
 
 /// Every route of one node: the transports, `/v1/send`, `/v1/negotiate`, the backend API and the web files.
@@ -26,9 +27,11 @@ pub(crate) fn router<S: Store>(gateway: Gateway<S>, settings: &Settings, lifecyc
     // (`/v1/publish`, `/v1/presence`) is for servers and answers no browser page.
     let clients = stickless_transports::router(gateway.clone(), settings.transport(), lifecycle).layer(cors(settings));
     let mut router = clients.merge(api::router(gateway.clone(), settings)).merge(probes::router(gateway));
-    if let Some(dir) = &settings.web_dir {
-        router = router.fallback_service(ServeDir::new(dir));
-    }
+    router = match &settings.web {
+        WebFiles::Off => router,
+        WebFiles::Embedded => router.fallback(web::embedded),
+        WebFiles::Dir(dir) => router.fallback_service(ServeDir::new(dir)),
+    };
     router.layer(CatchPanicLayer::custom(move |_| internal.clone().into_response())).layer(TraceLayer::new_for_http())
 }
 

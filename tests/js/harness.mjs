@@ -197,12 +197,13 @@ export const OPEN_CONFIG = join(REPO, "tests", "fixtures", "open.toml");
  * clients may use only `demo:` channels. `logFile`: see spawnTracked. Returns {url, port, proc, logs(), stop(),
  * kill(signal)}.
  */
-export async function startGateway({ args = [], env = {}, bin = process.env.STICKLESS_BIN || DEFAULT_BIN, port, logFile, timeoutMs = 30000, secure = false } = {}) {
+export async function startGateway({ args = [], env = {}, bin = process.env.STICKLESS_BIN || DEFAULT_BIN, port, logFile, timeoutMs = 30000, secure = false, cwd } = {}) {
   port = port || (await freePort());
   const url = `http://127.0.0.1:${port}`;
   const config = secure || args.includes("--config") ? [] : ["--config", OPEN_CONFIG];
   const proc = spawnTracked(bin, ["--listen", `127.0.0.1:${port}`, ...config, ...args], {
     env: { STICKLESS_LOG: "warn", ...process.env, ...env },
+    ...(cwd ? { cwd } : {}),
     logFile,
   });
   await untilUp(
