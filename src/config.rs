@@ -94,6 +94,14 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_MAX_CONNECTIONS", default_value_t = defaults().max_connections)]
     pub max_connections: usize,
 
+    /// The most bytes a WebSocket may have queued for a client that does not read (pongs included).
+    #[arg(long, env = "STICKLESS_SEND_BUFFER_BYTES", default_value_t = defaults().send_buffer_bytes)]
+    pub send_buffer_bytes: usize,
+
+    /// Milliseconds one write may wait for a client to read before its connection is cut.
+    #[arg(long, env = "STICKLESS_WRITE_TIMEOUT_MS", default_value_t = defaults().write_timeout.as_millis() as u64)]
+    pub write_timeout_ms: u64,
+
     /// Origins allowed to open WebSockets, comma-separated (default: any).
     #[arg(long, env = "STICKLESS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -254,6 +262,8 @@ impl Config {
             "max_batch" => |s: &mut Settings| s.max_batch = self.max_batch;
             "max_connections" => |s: &mut Settings| s.max_connections = self.max_connections;
             "allowed_origins" => |s: &mut Settings| s.allowed_origins = self.allowed_origins.clone();
+            "send_buffer_bytes" => |s: &mut Settings| s.send_buffer_bytes = self.send_buffer_bytes;
+            "write_timeout_ms" => |s: &mut Settings| s.write_timeout = Duration::from_millis(self.write_timeout_ms);
             "api_key" => |s: &mut Settings| s.api_key = self.api_key.clone();
             "client_presence" => |s: &mut Settings| s.client_presence = self.client_presence;
             "token_secret" => |s: &mut Settings| s.token.hs256_secret = self.token_secret.clone();
@@ -291,6 +301,8 @@ struct File {
     max_batch: Option<usize>,
     max_connections: Option<usize>,
     allowed_origins: Option<Vec<String>>,
+    send_buffer_bytes: Option<usize>,
+    write_timeout_ms: Option<u64>,
     api_key: Option<String>,
     web_dir: Option<PathBuf>,
     demo_ticker_ms: Option<u64>,
@@ -379,6 +391,8 @@ impl File {
         set(&mut s.max_batch, self.max_batch);
         set(&mut s.max_connections, self.max_connections);
         set(&mut s.allowed_origins, self.allowed_origins);
+        set(&mut s.send_buffer_bytes, self.send_buffer_bytes);
+        set(&mut s.write_timeout, millis(self.write_timeout_ms));
         set(&mut s.api_key, self.api_key.map(Some));
         set(&mut s.web, self.web_dir.map(WebFiles::Dir));
         set(&mut s.demo_ticker, self.demo_ticker_ms.map(|ms| (ms > 0).then(|| Duration::from_millis(ms))));

@@ -58,6 +58,11 @@ pub struct Settings {
     pub max_batch: usize,
     /// Most live connections (WebSocket, SSE, waiting polls) on this node.
     pub max_connections: usize,
+    /// The most bytes a WebSocket may have queued for a client that does not read (pongs included); at least
+    /// twice `max_message_bytes`.
+    pub send_buffer_bytes: usize,
+    /// How long one write may wait for a client to read before its connection is cut.
+    pub write_timeout: Duration,
     /// Origins allowed to open WebSockets (empty: any).
     pub allowed_origins: Vec<String>,
     /// Bearer key required by `/v1/publish` and `/v1/presence` (`None`: none required).
@@ -96,6 +101,8 @@ impl Default for Settings {
             max_frames_per_send: 100,
             max_batch: 100,
             max_connections: 100_000,
+            send_buffer_bytes: 1 << 20,
+            write_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
             api_key: None,
             client_presence: true,
@@ -155,6 +162,8 @@ impl Settings {
             max_batch: self.max_batch,
             max_connections: self.max_connections,
             allowed_origins: self.allowed_origins.clone(),
+            send_buffer: self.send_buffer_bytes,
+            write_timeout: self.write_timeout,
         }
     }
 }

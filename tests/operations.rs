@@ -132,3 +132,45 @@ async fn readyz_turns_503_when_pub_sub_alone_breaks_and_200_after() {
     killer.join().unwrap();
     eventually("200 after pub/sub recovered", Duration::from_secs(15), async || ready(&node).await == 200).await;
 }
+
+/// A WebSocket client that sends pings as fast as it can and never reads: every ping asks for a pong the server
+/// cannot deliver. The server caps what it queues (`--send-buffer-bytes`) and cuts the connection.
+#[tokio::test]
+async fn a_client_that_pings_and_never_reads_is_cut_and_server_memory_stays_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut node = Node::spawn(&["--send-buffer-bytes", "262144", "--write-timeout-ms", "2000"]).await;
+    let before = node.process().rss_kib();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(([127, 0, 0, 1], node.port).into()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /v1/ws?channels=flood HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = [0u8; 256];
+    let n = stream.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"), "upgraded");
+    // A masked ping with a 125-byte payload: FIN + opcode 9, MASK + length 125, a zero mask key.
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend_from_slice(&[b'p'; 125]);
+    let pings: Vec<u8> = ping.repeat(64);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let cut = loop {
+        if started.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), stream.write_all(&pings)).await {
+            Ok(Ok(())) => sent += pings.len(),
+            // The server closed the connection (reset or broken pipe), or stopped reading it.
+            Ok(Err(_)) | Err(_) => break true,
+        }
+    };
+    let after = node.process().rss_kib();
+    eprintln!("sent {} KiB of pings in {:?}; server RSS {before} -> {after} KiB", sent / 1024, started.elapsed());
+    assert!(cut, "the connection was cut");
+    assert!(after.saturating_sub(before) < 32 * 1024, "server memory grew by {} KiB", after - before);
+}

@@ -94,6 +94,10 @@ pub struct TransportConfig {
     pub max_connections: usize,
     /// Origins allowed to open a WebSocket; empty allows any (CORS does not cover WebSocket).
     pub allowed_origins: Vec<String>,
+    /// The most bytes a WebSocket may have queued for a client that does not read (pongs included).
+    pub send_buffer: usize,
+    /// How long one write to a client may wait for it to read; past it the connection is cut.
+    pub write_timeout: Duration,
 }
 
 /// State shared by every transport handler.

@@ -42,9 +42,9 @@ pub(crate) async fn attach<P: Port>(
         // tungstenite's 128 KiB default per socket would dominate idle memory.
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        // Every send is awaited, so the buffer never holds more than the frame being written; a cap would only
-        // refuse a large frame (a presence ack on a big channel) and drop the socket.
-        .max_write_buffer_size(usize::MAX)
+        // Every send is awaited, but pongs to a client's pings are queued as they are read: a client that pings
+        // and never reads would grow this without a cap. Over it, the read fails and the socket is cut.
+        .max_write_buffer_size(config.send_buffer.max(2 * config.max_message_bytes + 64 * 1024))
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes);
     let tasks = shared.tasks.clone();
@@ -65,7 +65,8 @@ async fn run<P: Port>(
     _permit: OwnedSemaphorePermit,
 ) {
     let Attached { session, welcome, mut feed, .. } = attached;
-    if socket.send(text(welcome)).await.is_err() {
+    let limit = shared.config.write_timeout;
+    if send(&mut socket, text(welcome), limit).await.is_err() {
         return;
     }
     let heartbeat = shared.config.heartbeat;
@@ -73,7 +74,7 @@ async fn run<P: Port>(
     let closing = loop {
         let sent = tokio::select! {
             item = feed.next() => match item {
-                Some(out) => match (socket.send(text(out.frame)).await, out.end) {
+                Some(out) => match (send(&mut socket, text(out.frame), limit).await, out.end) {
                     // The feed's last frame said why it ends (the session is gone, its token expired).
                     (Ok(()), Some(end)) => break Some((end.close_code, end.reason)),
                     (sent, _) => sent,
@@ -83,17 +84,17 @@ async fn run<P: Port>(
             received = socket.recv() => match received {
                 Some(Ok(Message::Text(frame))) => {
                     let reply = shared.port.upstream(&session, frame.as_bytes()).await;
-                    socket.send(text(reply)).await
+                    send(&mut socket, text(reply), limit).await
                 }
-                Some(Ok(Message::Binary(_))) => socket.send(text(shared.port.refuse(Refusal::BinaryMessage).frame)).await,
+                Some(Ok(Message::Binary(_))) => send(&mut socket, text(shared.port.refuse(Refusal::BinaryMessage).frame), limit).await,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 Some(Ok(Message::Close(_))) | None => break None,
                 Some(Err(err)) => break close_for(err),
             },
-            _ = ticks.tick() => match socket.send(Message::Ping(Bytes::new())).await {
+            _ = ticks.tick() => match send(&mut socket, Message::Ping(Bytes::new()), limit).await {
                 // Browsers cannot see pings from JavaScript, so a frame tells the client's silence timer too.
-                Ok(()) => socket.send(text(shared.port.heartbeat())).await,
-                Err(err) => Err(err),
+                Ok(()) => send(&mut socket, text(shared.port.heartbeat()), limit).await,
+                Err(cut) => Err(cut),
             },
             _ = shared.shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
         };
@@ -102,7 +103,19 @@ async fn run<P: Port>(
         }
     };
     if let Some((code, reason)) = closing {
-        let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        let _ = send(&mut socket, Message::Close(Some(CloseFrame { code, reason: reason.into() })), limit).await;
+    }
+}
+
+/// Why a write did not go through: the client is gone, or it does not read (its send buffer is full, or one
+/// write waited `write_timeout`). Either way the socket is dropped: no close frame can be written to a client
+/// that does not read. It resumes from its cursor when it reconnects.
+struct Cut;
+
+async fn send(socket: &mut WebSocket, message: Message, limit: std::time::Duration) -> Result<(), Cut> {
+    match tokio::time::timeout(limit, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(Cut),
     }
 }
 
