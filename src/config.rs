@@ -344,6 +344,7 @@ struct FileLimits {
     bytes_per_second: Option<u32>,
     sessions_per_ip_per_second: Option<u32>,
     channels_per_second: Option<u32>,
+    channels_per_ip_per_second: Option<u32>,
     trusted_proxies: Option<Vec<IpAddr>>,
     max_channels: Option<usize>,
     max_bytes: Option<usize>,
@@ -352,7 +353,12 @@ struct FileLimits {
 impl File {
     fn read(path: &Path) -> Result<File, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let file: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        // The error's own message and line, not its excerpt of the file: that line may hold a secret.
+        let file: File = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|span| text[..span.start].lines().count().max(1));
+            let at = line.map(|l| format!(", line {l}")).unwrap_or_default();
+            format!("{}{at}: {}", path.display(), e.message())
+        })?;
         // Relative key paths are relative to the file, so a config works from any directory.
         let base = path.parent().unwrap_or(Path::new("."));
         let relative = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
@@ -410,6 +416,7 @@ impl File {
         set(&mut s.limits.bytes_per_second, self.limits.bytes_per_second);
         set(&mut s.limits.sessions_per_ip_per_second, self.limits.sessions_per_ip_per_second);
         set(&mut s.limits.channels_per_second, self.limits.channels_per_second);
+        set(&mut s.limits.channels_per_ip_per_second, self.limits.channels_per_ip_per_second);
         set(&mut s.limits.trusted_proxies, self.limits.trusted_proxies);
         set(&mut s.limits.max_channels, self.limits.max_channels);
         set(&mut s.limits.max_bytes, self.limits.max_bytes);

@@ -16,7 +16,7 @@ use tokio_stream::StreamMap;
 
 use crate::hub::{Hub, Listener, Live, Topic};
 use crate::metrics::Connection;
-use crate::model::{now_secs, ChannelName, Position, SessionId, SessionRecord};
+use crate::model::{now_ms, ChannelName, Position, SessionId, SessionRecord};
 use crate::protocol::{Downstream, ErrorCode};
 use crate::recovery::{Tracker, Verdict};
 use crate::store::{ChannelLog, Sessions, StoreError};
@@ -58,9 +58,9 @@ impl State {
     }
 }
 
-/// How long until `record`'s grant expires; `None` for an anonymous session.
+/// How long until `record`'s grant expires, to the millisecond; `None` for an anonymous session.
 fn until_expiry(record: &SessionRecord) -> Option<Duration> {
-    record.grant.as_ref().map(|g| Duration::from_secs(g.exp.saturating_sub(now_secs())))
+    record.grant.as_ref().map(|g| Duration::from_millis(g.exp.saturating_mul(1000).saturating_sub(now_ms())))
 }
 
 /// The cursor each subscription resumes from: the client's position where it names the channel, else the

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::model::{now_ms, now_secs, ChannelName, Cursor, Grant, Position, Sender, SessionId, SessionRecord};
 use crate::protocol::{self, AckResult, Downstream, ErrorCode, Negotiation, TransportOffer, Upstream};
 use crate::settings::Settings;
-use crate::store::{Append, Store};
+use crate::store::{Append, Creator, Store};
 
 struct Core<S> {
     source: Arc<Source<S>>,
@@ -60,6 +60,14 @@ impl<S: Store> Gateway<S> {
         let source = Arc::new(Source { store, hub, max_batch: settings.max_batch, session_ttl: settings.session_ttl });
         let verifier = Verifier::load(&settings.token)?;
         let hooks = Hooks::new(&settings.hooks)?;
+        if hooks.is_none() && settings.namespaces.ask_the_hook() {
+            return Err("a namespace says `hook`, but no hook URL is set (--hook-url)".into());
+        }
+        let forwards_cookies = settings.hooks.forward_headers.iter().any(|h| h.eq_ignore_ascii_case("cookie"));
+        if settings.hooks.connect && forwards_cookies && settings.allowed_origins.is_empty() {
+            // Otherwise any site's page could open a WebSocket with its visitor's cookies and act as them.
+            return Err("the connect hook authenticates by cookie: set --allowed-origins to your pages' origins".into());
+        }
         Ok(Gateway(Arc::new(Core { source, settings, node, verifier, hooks, limits, metrics })))
     }
 
@@ -101,7 +109,7 @@ impl<S: Store> Gateway<S> {
             return Err(Error::invalid("`idempotency_key` must be 1..128 chars"));
         }
         let dedupe = idempotency_key.map(|k| format!("k:{k}"));
-        let cursor = self.append(&channel, data, dedupe.as_deref(), None).await?;
+        let cursor = self.append(&channel, data, dedupe.as_deref(), None, Creator::Backend).await?;
         Ok((channel, cursor))
     }
 
@@ -118,6 +126,7 @@ impl<S: Store> Gateway<S> {
         data: &RawValue,
         dedupe: Option<&str>,
         from: Option<&Sender>,
+        creator: Creator,
     ) -> Result<Cursor, Error> {
         let max = self.settings().max_message_bytes(channel);
         if data.get().len() > max {
@@ -125,7 +134,8 @@ impl<S: Store> Gateway<S> {
         }
         let data = protocol::compact(data);
         let keep = self.settings().keep(channel);
-        let cursor = self.store().append(channel, Append { data: &data, ts: now_ms(), dedupe, from, keep }).await?;
+        let cursor =
+            self.store().append(channel, Append { data: &data, ts: now_ms(), dedupe, from, keep, creator }).await?;
         self.0.metrics.published(from.is_some());
         Ok(cursor)
     }
@@ -238,6 +248,7 @@ impl<S: Store> Gateway<S> {
             None => {
                 let mut record = SessionRecord::new();
                 record.grant = self.connect(&request.client, request.transport, ip).await?;
+                record.ip = ip;
                 self.store().create_session(&id, &record).await?;
                 self.0.metrics.session_created();
                 (record, true)
@@ -290,7 +301,7 @@ impl<S: Store> Gateway<S> {
         }
         let start = match since {
             Some(cursor) => cursor,
-            None => self.store().top(channel).await?,
+            None => self.store().top(channel, Creator::Client(record.ip)).await?,
         };
         self.store()
             .subscribe(id, &record.pid, channel, &start, max)
@@ -331,7 +342,8 @@ impl<S: Store> Gateway<S> {
                 let sender = Sender { sub: record.grant.as_ref().map(|g| g.sub.clone()), pid: record.pid.clone() };
                 // Scoped to the session, so one client's ids never collide with another's.
                 let dedupe = format!("c:{}:{frame_id}", id.as_str());
-                let cursor = self.append(channel, data, Some(&dedupe), Some(&sender)).await?;
+                let creator = Creator::Client(record.ip);
+                let cursor = self.append(channel, data, Some(&dedupe), Some(&sender), creator).await?;
                 ack(AckResult::cursor(channel, &cursor))
             }
             Upstream::Presence { channel, .. } => {
@@ -374,6 +386,13 @@ impl<S: Store> Gateway<S> {
         }
         if !self.store().set_grant(id, grant).await? {
             return Err(Error::plain(ErrorCode::SessionUnknown));
+        }
+        // The new claims are all the session may read now: subscriptions they no longer allow end here, and the
+        // notification makes every feed of the session (on any node) drop them.
+        for channel in record.subscriptions.keys() {
+            if self.settings().namespaces.decide(Action::Subscribe, channel, Some(grant)) == Decision::Deny {
+                self.store().unsubscribe(id, &record.pid, channel).await?;
+            }
         }
         self.store().notify_session(id).await?;
         Ok(())
@@ -437,12 +456,12 @@ impl<S: Store> Port for Gateway<S> {
     }
 
     async fn upstream(&self, session: &str, bytes: &[u8]) -> Bytes {
+        // Counted before anything else, malformed frames included, so a refused flood costs nothing more.
+        let limited = SessionId::parse(session).map(|id| self.0.limits.upstream(&id, 1, bytes.len()));
         let upstream = match Upstream::parse(bytes) {
             Ok(upstream) => upstream,
             Err(refused) => return self.refused(Error::from(refused.error)).frame(refused.id.as_deref()),
         };
-        // Limited before the session is loaded, so a refused flood costs the store nothing.
-        let limited = SessionId::parse(session).map(|id| self.0.limits.upstream(&id, 1, bytes.len()));
         if let Ok(Err(wait)) = limited {
             return self.refused(Error::RateLimited(wait)).frame(Some(upstream.id()));
         }

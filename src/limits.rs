@@ -37,6 +37,9 @@ pub struct LimitSettings {
     pub sessions_per_ip_per_second: u32,
     /// Channels this node may create per second (a subscribe or publish to a channel with no log yet).
     pub channels_per_second: u32,
+    /// Channels the sessions of one client IP may make this node create per second, so that one address
+    /// cannot spend the node's whole `channels_per_second`.
+    pub channels_per_ip_per_second: u32,
     /// Proxies whose `X-Forwarded-For` names the client; from anyone else it is ignored.
     pub trusted_proxies: Vec<IpAddr>,
     /// The embedded store's most channels.
@@ -52,6 +55,7 @@ impl Default for LimitSettings {
             bytes_per_second: 1 << 20,
             sessions_per_ip_per_second: 20,
             channels_per_second: 1000,
+            channels_per_ip_per_second: 20,
             trusted_proxies: Vec::new(),
             max_channels: 100_000,
             max_bytes: 256 << 20,
@@ -67,6 +71,7 @@ impl LimitSettings {
             bytes_per_second: 0,
             sessions_per_ip_per_second: 0,
             channels_per_second: 0,
+            channels_per_ip_per_second: 0,
             trusted_proxies: Vec::new(),
             max_channels: 0,
             max_bytes: 0,
@@ -127,6 +132,7 @@ struct Inner<C: Clock> {
     bytes: Option<Keyed<SessionId, C>>,
     sessions: Option<Keyed<IpAddr, C>>,
     channels: Option<Direct<C>>,
+    channels_per_ip: Option<Keyed<IpAddr, C>>,
     refused: Counters,
     /// When (ns after `started`) the next housekeeping is due.
     housekeeping_at: AtomicU64,
@@ -166,6 +172,8 @@ impl<C: Clock + Clone> Limits<C> {
             sessions: quota(settings.sessions_per_ip_per_second)
                 .map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
             channels: quota(settings.channels_per_second).map(|q| RateLimiter::direct_with_clock(q, clock.clone())),
+            channels_per_ip: quota(settings.channels_per_ip_per_second)
+                .map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
             settings: settings.clone(),
             started: clock.now(),
             clock,
@@ -231,9 +239,13 @@ impl<C: Clock> Limits<C> {
         Ok(())
     }
 
-    /// A channel is about to be created on this node.
-    pub fn new_channel(&self) -> Result<(), RetryAfter> {
+    /// A channel is about to be created on this node for a client at `ip`: within its IP's share first, then
+    /// within the node's.
+    pub fn new_channel(&self, ip: Option<IpAddr>) -> Result<(), RetryAfter> {
         self.housekeeping();
+        if let (Some(limiter), Some(ip)) = (&self.0.channels_per_ip, ip) {
+            self.take(limiter.check_key(&ip), Reason::Channels)?;
+        }
         match &self.0.channels {
             Some(limiter) => self.take(limiter.check(), Reason::Channels),
             None => Ok(()),
@@ -242,7 +254,7 @@ impl<C: Clock> Limits<C> {
 
     /// Whether channels created per second are limited at all.
     pub fn limits_channels(&self) -> bool {
-        self.0.channels.is_some()
+        self.0.channels.is_some() || self.0.channels_per_ip.is_some()
     }
 
     /// Counts a channel refused because the embedded store holds `max_channels`.
@@ -293,7 +305,7 @@ impl<C: Clock> Limits<C> {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        if let Some(limiter) = &self.0.sessions {
+        for limiter in [&self.0.sessions, &self.0.channels_per_ip].into_iter().flatten() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -406,15 +418,27 @@ mod tests {
     }
 
     #[test]
+    fn one_ip_cannot_spend_the_nodes_channels_per_second() {
+        let settings = LimitSettings { channels_per_second: 10, channels_per_ip_per_second: 3, ..Default::default() };
+        let (limits, _clock) = fake(settings);
+        let (greedy, other) = (Some(ip("10.0.0.1")), Some(ip("10.0.0.2")));
+        assert!((0..3).all(|_| limits.new_channel(greedy).is_ok()));
+        assert!((0..100).all(|_| limits.new_channel(greedy).is_err()), "the greedy IP is held to its share");
+        assert!((0..3).all(|_| limits.new_channel(other).is_ok()), "and the node still creates for others");
+    }
+
+    #[test]
     fn the_node_creates_its_channels_per_second_and_zero_turns_a_limit_off() {
-        let (limits, clock) = fake(LimitSettings { channels_per_second: 3, ..Default::default() });
-        assert!((0..3).all(|_| limits.new_channel().is_ok()));
-        assert!(limits.new_channel().is_err());
+        let settings = LimitSettings { channels_per_second: 3, channels_per_ip_per_second: 0, ..Default::default() };
+        let (limits, clock) = fake(settings);
+        assert!((0..3).all(|_| limits.new_channel(None).is_ok()));
+        assert!(limits.new_channel(None).is_err());
         clock.advance(Duration::from_secs(1));
-        assert!(limits.new_channel().is_ok());
+        assert!(limits.new_channel(None).is_ok());
         let (off, _) = fake(LimitSettings::off());
         let id = SessionId::random();
-        assert!((0..10_000).all(|_| off.new_channel().is_ok() && off.upstream(&id, 100, 1 << 30).is_ok()));
+        assert!((0..10_000)
+            .all(|_| off.new_channel(Some(ip("127.0.0.1"))).is_ok() && off.upstream(&id, 100, 1 << 30).is_ok()));
         assert!((0..1000).all(|_| off.new_session(Some(ip("127.0.0.1"))).is_ok()));
         assert_eq!(off.refusals(), Refusals::default());
     }

@@ -127,6 +127,10 @@ impl Settings {
         self.heartbeat = floor(self.heartbeat, Duration::from_millis(100));
         self.max_batch = self.max_batch.max(1);
         self.max_frames_per_send = self.max_frames_per_send.max(1);
+        // Browsers send `scheme://host[:port]`, never a trailing slash.
+        for origin in &mut self.allowed_origins {
+            *origin = origin.trim().trim_end_matches('/').to_owned();
+        }
         self
     }
 

@@ -528,3 +528,29 @@ async fn allowed_origins_govern_every_transport_and_the_backend_api_has_no_cors(
         assert_eq!(acao(&preflight), None, "no preflight is granted for the backend API");
     }
 }
+
+#[tokio::test]
+async fn a_refresh_to_narrower_claims_ends_the_subscriptions_they_no_longer_allow() {
+    let node = token_node(&[]).await;
+    for transport in TRANSPORTS {
+        let (kept, dropped) = (format!("secret:kept-{transport}"), format!("secret:dropped-{transport}"));
+        let broad = hs256(&claims("u1", 600, &["secret:*"], &[]));
+        let mut client = Client::open(&node, transport, &format!("channels={kept},{dropped}&token={broad}")).await;
+        let narrow = hs256(&claims("u1", 600, &[kept.as_str()], &[]));
+        let ack = client.send(&node, json!({"type": "refresh", "id": "r", "token": narrow})).await;
+        assert_eq!(ack["type"], "ack", "{transport}: {ack}");
+        // Give the session's feed its notification, then publish to both.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        publish_ok(&node.url, &dropped, json!("must not arrive")).await;
+        publish_ok(&node.url, &kept, json!("arrives")).await;
+        let message = receive_message(&mut client, &node).await;
+        assert_eq!(
+            (message["channel"].as_str(), &message["data"]),
+            (Some(kept.as_str()), &json!("arrives")),
+            "{transport}"
+        );
+        publish_ok(&node.url, &kept, json!("second")).await;
+        let next = receive_message(&mut client, &node).await;
+        assert_eq!(next["data"], "second", "{transport}: nothing from {dropped} in between");
+    }
+}

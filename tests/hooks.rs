@@ -427,7 +427,9 @@ async fn a_hook_signed_with_the_wrong_secret_is_refused_by_the_backend_so_hook_u
 
 #[tokio::test]
 async fn the_connect_hook_turns_a_forwarded_cookie_into_a_user_with_claims() {
-    let (backend, node) = Backend::start_with_gateway(SECRET, &["--hook-connect", "true"]).await;
+    let (backend, node) =
+        Backend::start_with_gateway(SECRET, &["--hook-connect", "true", "--allowed-origins", "https://app.example"])
+            .await;
     for kind in KINDS {
         let (mut alice, welcome) = Client::attach_with_cookie(kind, &node, "user=alice").await.expect("alice connects");
         let asked = backend.requests("connect").pop().expect("the connect hook was asked").1;
@@ -447,7 +449,9 @@ async fn the_connect_hook_turns_a_forwarded_cookie_into_a_user_with_claims() {
 
 #[tokio::test]
 async fn a_client_the_connect_hook_refuses_gets_403_forbidden_on_attach() {
-    let (backend, node) = Backend::start_with_gateway(SECRET, &["--hook-connect", "true"]).await;
+    let (backend, node) =
+        Backend::start_with_gateway(SECRET, &["--hook-connect", "true", "--allowed-origins", "https://app.example"])
+            .await;
     for kind in KINDS {
         let Err((status, body)) = Client::attach_with_cookie(kind, &node, "user=mallory").await else {
             panic!("{kind:?}: mallory is refused");
@@ -460,4 +464,14 @@ async fn a_client_the_connect_hook_refuses_gets_403_forbidden_on_attach() {
         }
     }
     assert_eq!(backend.requests("connect").len(), 3);
+}
+
+#[tokio::test]
+async fn a_cookie_connect_hook_without_allowed_origins_refuses_to_start() {
+    // Any site's page could otherwise open a WebSocket with its visitor's cookies and act as them.
+    let flags = ["stickless", "--hook-url", "http://127.0.0.1:9/hook", "--hook-connect", "true"];
+    let settings = stickless::Config::try_load_from(flags).unwrap().settings().unwrap();
+    let built = stickless::Builder::new().settings(settings).build().await;
+    let err = built.err().expect("refused").to_string();
+    assert!(err.contains("--allowed-origins"), "{err}");
 }

@@ -15,7 +15,7 @@ use stickless::model::{
 };
 use stickless::recovery::RESUME_CASES;
 use stickless::store::redis::RedisStore;
-use stickless::store::{Append, ChannelLog, Keep, Retention, Store, StoreError};
+use stickless::store::{Append, ChannelLog, Creator, Keep, Retention, Store, StoreError};
 
 fn retention() -> Retention {
     Retention {
@@ -40,7 +40,7 @@ fn keep() -> Keep {
 
 /// One message of `data`, from the backend, kept as `retention()` says.
 fn message<'a>(data: &'a RawValue, dedupe: Option<&'a str>) -> Append<'a> {
-    Append { data, ts: now_ms(), dedupe, from: None, keep: keep() }
+    Append { data, ts: now_ms(), dedupe, from: None, keep: keep(), creator: Creator::Backend }
 }
 
 async fn append<S: Store>(store: &S, channel: &ChannelName, i: u64) -> Cursor {
@@ -58,12 +58,12 @@ async fn offsets_after<S: Store>(
 
 async fn offsets_count_from_one_and_reads_resume_after_a_cursor<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     let c = ch("contract.log");
-    let start = store.top(&c).await.unwrap();
+    let start = store.top(&c, Creator::Backend).await.unwrap();
     assert_eq!(start.offset, 0);
     for i in 1..=3 {
         assert_eq!(append(&*store, &c, i).await, Cursor::new(start.epoch.clone(), i));
     }
-    assert_eq!(store.top(&c).await.unwrap(), Cursor::new(start.epoch.clone(), 3));
+    assert_eq!(store.top(&c, Creator::Backend).await.unwrap(), Cursor::new(start.epoch.clone(), 3));
     assert_eq!(offsets_after(&*store, &c, &start).await, (None, vec![1, 2, 3]));
     assert_eq!(offsets_after(&*store, &c, &Cursor::new(start.epoch.clone(), 2)).await, (None, vec![3]));
     let h = store.read(&c, &start, 2).await.unwrap();
@@ -73,7 +73,7 @@ async fn offsets_count_from_one_and_reads_resume_after_a_cursor<S: Store>(store:
 
 async fn history_keeps_history_size_and_tells_a_trimmed_gap<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     let c = ch("contract.size");
-    let start = store.top(&c).await.unwrap();
+    let start = store.top(&c, Creator::Backend).await.unwrap();
     for i in 1..=8 {
         append(&*store, &c, i).await;
     }
@@ -84,7 +84,7 @@ async fn history_keeps_history_size_and_tells_a_trimmed_gap<S: Store>(store: Arc
 
 async fn another_epoch_or_a_cursor_ahead_gets_an_epoch_gap<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     let c = ch("contract.epoch");
-    let start = store.top(&c).await.unwrap();
+    let start = store.top(&c, Creator::Backend).await.unwrap();
     for i in 1..=8 {
         append(&*store, &c, i).await;
     }
@@ -100,14 +100,14 @@ async fn a_dedupe_key_stores_once<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     let first = store.append(&d, message(&data(1), Some("k1"))).await.unwrap();
     let again = store.append(&d, message(&data(1), Some("k1"))).await.unwrap();
     assert_eq!(first, again);
-    assert_eq!(store.top(&d).await.unwrap().offset, 1);
+    assert_eq!(store.top(&d, Creator::Backend).await.unwrap().offset, 1);
     let other = store.append(&d, message(&data(2), Some("k2"))).await.unwrap();
     assert_eq!(other.offset, 2);
 }
 
 async fn messages_older_than_history_ttl_are_trimmed<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     let a = ch("contract.age");
-    let a0 = store.top(&a).await.unwrap();
+    let a0 = store.top(&a, Creator::Backend).await.unwrap();
     append(&*store, &a, 1).await;
     tokio::time::sleep(Duration::from_millis(1700)).await;
     append(&*store, &a, 2).await;
@@ -157,7 +157,7 @@ async fn presence_lists_public_ids<S: Store>(store: Arc<S>, _: Arc<Hub>) {
     store.create_session(&id, &record).await.unwrap();
     let s = ch("contract.present");
     assert!(store.presence(&s).await.unwrap().is_empty());
-    let at = store.top(&s).await.unwrap();
+    let at = store.top(&s, Creator::Backend).await.unwrap();
     store.subscribe(&id, &record.pid, &s, &at, 8).await.unwrap();
     assert_eq!(store.presence(&s).await.unwrap(), vec![record.pid.clone()]);
     store.unsubscribe(&id, &record.pid, &s).await.unwrap();
@@ -178,7 +178,7 @@ async fn sessions_expire_after_their_ttl<S: Store>(store: Arc<S>, _: Arc<Hub>) {
 
 async fn a_client_message_keeps_its_sender_in_history_and_live<S: Store>(store: Arc<S>, hub: Arc<Hub>) {
     let c = ch("contract.from");
-    let start = store.top(&c).await.unwrap();
+    let start = store.top(&c, Creator::Backend).await.unwrap();
     let mut listener = hub.listen(Topic::Channel(c.clone()));
     assert!(listener.ready(Duration::from_secs(5)).await);
     let sender = Sender { sub: Some("alice".into()), pid: "p1".into() };

@@ -130,7 +130,8 @@ impl Namespaces {
     /// Whether a session with `grant` (`None`: anonymous) may do `action` on `channel`.
     pub fn decide(&self, action: Action, channel: &ChannelName, grant: Option<&Grant>) -> Decision {
         let namespace = self.of(channel);
-        if action == Action::Subscribe && namespace.user_channels {
+        // A user channel is its user's alone, to read and to see who else is on it.
+        if matches!(action, Action::Subscribe | Action::Presence) && namespace.user_channels {
             let owner = channel.as_str().split_once(':').map(|(_, rest)| rest.split('/').next().unwrap_or(rest));
             return match (grant, owner) {
                 (Some(grant), Some(owner)) if grant.sub == owner => Decision::Allow,
@@ -155,15 +156,37 @@ impl Namespaces {
         }
     }
 
+    /// Whether some namespace leaves a decision to the hook.
+    pub fn ask_the_hook(&self) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.named.values())
+            .any(|ns| [ns.subscribe, ns.publish, ns.presence].contains(&Access::Hook))
+    }
+
     /// One line per namespace saying what anonymous clients may do there, for the start-up log.
     pub fn describe_anonymous(&self) -> Vec<String> {
         let line = |name: &str, ns: &Namespace| {
-            let open: Vec<&str> = [("subscribe", ns.subscribe), ("publish", ns.publish), ("see presence", ns.presence)]
-                .into_iter()
-                .filter(|(_, access)| *access == Access::Anonymous)
-                .map(|(what, _)| what)
+            let user = ns.user_channels;
+            let rules = [
+                ("subscribe", ns.subscribe, user),
+                ("publish", ns.publish, false),
+                ("see presence", ns.presence, user),
+            ];
+            let open: Vec<&str> = rules
+                .iter()
+                .filter(|(_, access, _)| *access == Access::Anonymous)
+                .filter(|r| !r.2)
+                .map(|r| r.0)
                 .collect();
-            let what = if open.is_empty() { "nothing".to_owned() } else { open.join(", ") };
+            let asked: Vec<&str> =
+                rules.iter().filter(|(_, access, _)| *access == Access::Hook).filter(|r| !r.2).map(|r| r.0).collect();
+            let mut what = if open.is_empty() { "nothing".to_owned() } else { open.join(", ") };
+            if !asked.is_empty() {
+                what += &format!(" (the hook decides: {})", asked.join(", "));
+            }
+            if user {
+                what += " (user channels: readable by their own user only)";
+            }
             format!("{name}: anonymous clients may {what}")
         };
         let mut lines = vec![line("default namespace", &self.default)];
@@ -214,5 +237,9 @@ mod tests {
         assert_eq!(ns.decide(Action::Subscribe, &ch("user:alice/inbox"), Some(&alice)), Decision::Allow);
         assert_eq!(ns.decide(Action::Subscribe, &ch("user:bob"), Some(&alice)), Decision::Deny);
         assert_eq!(ns.decide(Action::Subscribe, &ch("user:alice"), None), Decision::Deny);
+        assert_eq!(ns.decide(Action::Presence, &ch("user:alice"), None), Decision::Deny, "presence too");
+        assert_eq!(ns.decide(Action::Presence, &ch("user:alice"), Some(&alice)), Decision::Allow);
+        let alice2 = grant("alice2", &[]);
+        assert_eq!(ns.decide(Action::Subscribe, &ch("user:alice"), Some(&alice2)), Decision::Deny);
     }
 }

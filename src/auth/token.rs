@@ -152,6 +152,9 @@ impl Verifier {
                 _ => TokenError::Invalid(e.to_string()),
             })?
             .claims;
+        if claims.sub.is_empty() {
+            return Err(TokenError::Invalid("`sub` is empty".into()));
+        }
         let patterns = |list: Vec<String>| list.into_iter().map(Pattern::new).collect();
         Ok(Grant {
             sub: claims.sub,

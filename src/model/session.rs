@@ -38,6 +38,8 @@ pub struct SessionRecord {
     pub presence_at: u64,
     /// What the session's token or connect hook granted; `None` for an anonymous session.
     pub grant: Option<Grant>,
+    /// The client address the session was created from: its channel creations count against that address.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 impl SessionRecord {
@@ -47,6 +49,7 @@ impl SessionRecord {
             subscriptions: BTreeMap::new(),
             presence_at: super::now_ms(),
             grant: None,
+            ip: None,
         }
     }
 }

@@ -9,11 +9,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Append, ChannelLog, Health, History, Keep, Presence, Retention, Sessions, StoreError};
+use super::{Append, ChannelLog, Creator, Health, History, Keep, Presence, Retention, Sessions, StoreError};
 use crate::hub::{Hub, Live, Topic};
 use crate::limits::{LimitSettings, Limits};
 use crate::model::{now_ms, ChannelName, Cursor, Epoch, Grant, SessionId, SessionRecord};
@@ -41,10 +42,11 @@ pub struct MemoryStore {
 /// Whether an operation may create a channel's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Create {
-    /// A client's subscribe or publish: within the node's channels per second and `max_channels`.
-    Limited,
-    /// The backend's publish, a read or presence of a subscribed channel: within `max_channels`.
-    Bounded,
+    /// A client's subscribe or publish: within the node's and the client IP's channels per second, and
+    /// `max_channels`.
+    Limited(Option<IpAddr>),
+    /// The backend's publish, a read or presence of a subscribed channel: never refused.
+    Trusted,
 }
 
 struct Log {
@@ -179,15 +181,15 @@ impl MemoryStore {
             return Ok(log);
         }
         // Before the map's write lock; two racing creators of one channel may both spend a second's share.
-        if create == Create::Limited {
-            self.limits.new_channel().map_err(StoreError::RateLimited)?;
+        if let Create::Limited(ip) = create {
+            self.limits.new_channel(ip).map_err(StoreError::RateLimited)?;
         }
         let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
         if let Some(log) = channels.get(channel) {
             return Ok(log.clone());
         }
         let max = self.limits.settings().max_channels;
-        if max > 0 && channels.len() >= max {
+        if matches!(create, Create::Limited(_)) && max > 0 && channels.len() >= max {
             self.limits.refused_full();
             return Err(StoreError::Full("this node holds its most channels (max_channels); retry later"));
         }
@@ -260,7 +262,10 @@ impl MemoryStore {
 impl ChannelLog for MemoryStore {
     async fn append(&self, channel: &ChannelName, append: Append<'_>) -> Result<Cursor, StoreError> {
         // A client's publish creates a channel within the node's rate; the backend's only within the bound.
-        let create = if append.from.is_some() { Create::Limited } else { Create::Bounded };
+        let create = match append.creator {
+            Creator::Client(ip) => Create::Limited(ip),
+            Creator::Backend => Create::Trusted,
+        };
         let message = self.with_log(channel, create, |log| {
             let now = Instant::now();
             log.keep = append.keep;
@@ -289,7 +294,7 @@ impl ChannelLog for MemoryStore {
     }
 
     async fn read(&self, channel: &ChannelName, after: &Cursor, limit: usize) -> Result<History, StoreError> {
-        self.with_log(channel, Create::Bounded, |log| {
+        self.with_log(channel, Create::Trusted, |log| {
             log.trim(&self.retention, Instant::now());
             let first = log.first();
             let from = resume(after, LogBounds { epoch: &log.epoch, first, top: log.top });
@@ -300,8 +305,12 @@ impl ChannelLog for MemoryStore {
         })
     }
 
-    async fn top(&self, channel: &ChannelName) -> Result<Cursor, StoreError> {
-        self.with_log(channel, Create::Limited, |log| Cursor::new(log.epoch.clone(), log.top))
+    async fn top(&self, channel: &ChannelName, creator: Creator) -> Result<Cursor, StoreError> {
+        let create = match creator {
+            Creator::Client(ip) => Create::Limited(ip),
+            Creator::Backend => Create::Trusted,
+        };
+        self.with_log(channel, create, |log| Cursor::new(log.epoch.clone(), log.top))
     }
 }
 
@@ -335,7 +344,7 @@ impl Sessions for MemoryStore {
         }
         for channel in record.subscriptions.keys() {
             // A channel the store is too full to take back keeps its subscriber, without presence until read.
-            let _ = self.with_log(channel, Create::Bounded, |log| log.presence.insert(record.pid.clone(), expires));
+            let _ = self.with_log(channel, Create::Trusted, |log| log.presence.insert(record.pid.clone(), expires));
         }
         Ok(true)
     }
@@ -349,7 +358,8 @@ impl Sessions for MemoryStore {
         max: usize,
     ) -> Result<Option<Cursor>, StoreError> {
         // A subscribe with a cursor (no `top` before it) creates the channel here, within the same limits.
-        let log = self.log(channel, Create::Limited)?;
+        let ip = self.lock_sessions().get(id).and_then(|(record, _)| record.ip);
+        let log = self.log(channel, Create::Limited(ip))?;
         let expires = Instant::now() + self.retention.session_ttl;
         let in_force = {
             let mut sessions = self.lock_sessions();
@@ -453,7 +463,8 @@ mod tests {
     ) -> Result<Cursor, StoreError> {
         let data = RawValue::from_string(format!("\"{}\"", "x".repeat(bytes))).unwrap();
         let keep = Keep { size: 1000, ttl: TTL * 60 };
-        store.append(&ch(channel), Append { data: &data, ts: now_ms(), dedupe: None, from, keep }).await
+        let creator = if from.is_some() { Creator::Client(None) } else { Creator::Backend };
+        store.append(&ch(channel), Append { data: &data, ts: now_ms(), dedupe: None, from, keep, creator }).await
     }
 
     #[tokio::test]
@@ -462,7 +473,7 @@ mod tests {
         let (id, record) = (SessionId::random(), SessionRecord::new());
         store.create_session(&id, &record).await.unwrap();
         for name in ["empty", "kept"] {
-            let top = store.top(&ch(name)).await.unwrap();
+            let top = store.top(&ch(name), Creator::Client(None)).await.unwrap();
             store.subscribe(&id, &record.pid, &ch(name), &top, 64).await.unwrap().unwrap();
         }
         publish(&store, "kept", 10, None).await.unwrap();
@@ -478,9 +489,9 @@ mod tests {
         let store = store(LimitSettings { channels_per_second: 3, max_channels: 5, ..Default::default() });
         let client = Sender { sub: None, pid: "p".into() };
         for i in 0..3 {
-            store.top(&ch(&format!("c{i}"))).await.unwrap();
+            store.top(&ch(&format!("c{i}")), Creator::Client(None)).await.unwrap();
         }
-        assert!(matches!(store.top(&ch("c3")).await, Err(StoreError::RateLimited(_))));
+        assert!(matches!(store.top(&ch("c3"), Creator::Client(None)).await, Err(StoreError::RateLimited(_))));
         assert!(matches!(publish(&store, "c3", 1, Some(&client)).await, Err(StoreError::RateLimited(_))));
         let id = SessionId::random();
         store.create_session(&id, &SessionRecord::new()).await.unwrap();
@@ -490,14 +501,15 @@ mod tests {
         store.unsubscribe(&id, "p", &ch("c4")).await.unwrap();
         assert_eq!(store.presence(&ch("c5")).await.unwrap(), Vec::<String>::new());
         assert_eq!(channels(&store), 3, "neither an unsubscribe nor a presence query creates a channel");
-        // The backend is not held to the clients' rate, only to the bound.
-        publish(&store, "b0", 1, None).await.unwrap();
-        publish(&store, "b1", 1, None).await.unwrap();
-        assert!(matches!(publish(&store, "b2", 1, None).await, Err(StoreError::Full(_))));
-        assert!(matches!(store.read(&ch("b2"), &cursor, 10).await, Err(StoreError::Full(_))));
-        publish(&store, "b1", 1, None).await.unwrap();
+        // The backend is trusted: held neither to the clients' rate nor to max_channels, which bound clients.
+        for name in ["b0", "b1", "b2"] {
+            publish(&store, name, 1, None).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let over = store.top(&ch("c4"), Creator::Client(None)).await;
+        assert!(matches!(over, Err(StoreError::Full(_))), "6 channels, max 5");
         let refused = store.limits.refusals();
-        assert_eq!((refused.channels, refused.max_channels), (3, 2));
+        assert_eq!((refused.channels, refused.max_channels), (3, 1));
     }
 
     #[tokio::test]

@@ -53,6 +53,14 @@ pub struct Keep {
     pub ttl: Duration,
 }
 
+/// Who an operation that may create a channel acts for: a client (its session's IP) is within the node's and its
+/// IP's channels per second and `max_channels`; the backend API is trusted and never refused for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creator {
+    Backend,
+    Client(Option<std::net::IpAddr>),
+}
+
 /// One message to append.
 #[derive(Debug, Clone, Copy)]
 pub struct Append<'a> {
@@ -64,6 +72,8 @@ pub struct Append<'a> {
     /// Who published it, when a client did.
     pub from: Option<&'a Sender>,
     pub keep: Keep,
+    /// Who would create the channel, were it new.
+    pub creator: Creator,
 }
 
 /// A read from a channel's log.
@@ -96,7 +106,7 @@ pub trait ChannelLog: Send + Sync + 'static {
     /// The cursor of the newest message (offset 0 when there is none), creating the log's epoch if needed. A log
     /// with no message yet lives only as long as a session (`2 × session_ttl`), refreshed by reads: subscribing
     /// to empty channels creates nothing that outlives its subscribers.
-    fn top(&self, channel: &ChannelName) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
+    fn top(&self, channel: &ChannelName, creator: Creator) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
 }
 
 /// Sessions: their subscriptions (with the cursor each started from), TTLs, and change notifications.

@@ -222,8 +222,9 @@ impl<P: Port> FromRequestParts<Shared<P>> for AttachParams {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned);
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_owned());
         Ok(AttachParams(query.0, Client { peer, token, headers }))
     }
 }

@@ -12,7 +12,7 @@ use super::scripts::{append_reply, malformed, top_reply, ReadReply};
 use super::RedisStore;
 use crate::model::{ChannelName, Cursor, Epoch, Sender};
 use crate::protocol::Message;
-use crate::store::{Append, ChannelLog, History, StoreError};
+use crate::store::{Append, ChannelLog, Creator, History, StoreError};
 
 impl ChannelLog for RedisStore {
     async fn append(&self, channel: &ChannelName, append: Append<'_>) -> Result<Cursor, StoreError> {
@@ -37,7 +37,7 @@ impl ChannelLog for RedisStore {
             from,
         ];
         // The backend creates channels freely; a client within the node's rate.
-        append_reply(&self.creating(&self.scripts.append, keys, args, append.from.is_some()).await?)
+        append_reply(&self.creating(&self.scripts.append, keys, args, append.creator).await?)
     }
 
     async fn read(&self, channel: &ChannelName, after: &Cursor, limit: usize) -> Result<History, StoreError> {
@@ -57,14 +57,14 @@ impl ChannelLog for RedisStore {
         Ok(History { gap, messages })
     }
 
-    async fn top(&self, channel: &ChannelName) -> Result<Cursor, StoreError> {
+    async fn top(&self, channel: &ChannelName, creator: Creator) -> Result<Cursor, StoreError> {
         let keys = vec![self.keys.channel(channel, Part::Meta), self.keys.channel(channel, Part::History)];
         let args = vec![
             Epoch::random().to_string(),
             self.meta_ttl_ms(self.retention.history_ttl).to_string(),
             self.empty_ttl_ms().to_string(),
         ];
-        top_reply(self.creating(&self.scripts.top, keys, args, true).await?)
+        top_reply(self.creating(&self.scripts.top, keys, args, creator).await?)
     }
 }
 
@@ -77,9 +77,13 @@ impl RedisStore {
         script: &Script,
         keys: Vec<String>,
         mut args: Vec<String>,
-        limited: bool,
+        creator: Creator,
     ) -> Result<Value, StoreError> {
-        if !limited || !self.limits.limits_channels() {
+        let Creator::Client(ip) = creator else {
+            args.push("1".into());
+            return self.eval(script, keys, args).await;
+        };
+        if !self.limits.limits_channels() {
             args.push("1".into());
             return self.eval(script, keys, args).await;
         }
@@ -88,7 +92,7 @@ impl RedisStore {
         if !absent(&reply) {
             return Ok(reply);
         }
-        self.limits.new_channel().map_err(StoreError::RateLimited)?;
+        self.limits.new_channel(ip).map_err(StoreError::RateLimited)?;
         args.pop();
         args.push("1".into());
         self.eval(script, keys, args).await

@@ -39,6 +39,9 @@ impl Sessions for RedisStore {
         if let Some(grant) = &record.grant {
             let _: Value = pipe.hset(&key, ("g", grant_json(grant))).await.map_err(unavailable)?;
         }
+        if let Some(ip) = record.ip {
+            let _: Value = pipe.hset(&key, ("ip", ip.to_string())).await.map_err(unavailable)?;
+        }
         let _: Value = pipe.pexpire(&key, self.session_ttl_ms(), None).await.map_err(unavailable)?;
         let _: Vec<Value> = pipe.all().await.map_err(unavailable)?;
         Ok(())
@@ -62,7 +65,8 @@ impl Sessions for RedisStore {
             Some(json) => Some(serde_json::from_str(json).map_err(|_| malformed("session grant"))?),
             None => None,
         };
-        Ok(Some(SessionRecord { pid: pid.clone(), subscriptions, presence_at, grant }))
+        let ip = fields.get("ip").and_then(|ip| ip.parse().ok());
+        Ok(Some(SessionRecord { pid: pid.clone(), subscriptions, presence_at, grant, ip }))
     }
 
     async fn touch_session(&self, id: &SessionId, record: &SessionRecord) -> Result<bool, StoreError> {
