@@ -393,8 +393,8 @@ impl ErrorCode {
             ErrorCode::HookUnavailable => "the application's hook did not answer; nothing was done",
             ErrorCode::OverCapacity => "this node's connection limit is reached; retry later",
             ErrorCode::StoreUnavailable => {
-                "the store did not answer, so this is not acknowledged (usually not stored); retry with the same id \
-                 or idempotency_key"
+                "the store did not answer in time: the outcome is unknown (it may be stored); retry with the same id \
+                 or idempotency_key, which stores it once"
             }
             ErrorCode::Internal => "the server failed on this request",
         }
