@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::{http, publish_ok, Node, Poller, Sse, Ws};
-use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-32";
 const EXAMPLE_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config.toml");
@@ -47,7 +45,7 @@ enum Attach {
 async fn attach(node: &Node, transport: &str, query: &str) -> Attach {
     match transport {
         "websocket" => match tokio_tungstenite::connect_async(format!("{}/v1/ws?{query}", node.ws_url())).await {
-            Ok((mut ws, _)) => match next_frame(&mut ws).await {
+            Ok((mut ws, _)) => match common::next_frame(&mut ws).await {
                 Some(f) if f["type"] == "welcome" => Attach::Ok,
                 Some(f) => Attach::Refused { status: 0, code: f["code"].as_str().unwrap_or("").into() },
                 None => Attach::Refused { status: 0, code: "closed".into() },
@@ -72,21 +70,6 @@ async fn attach(node: &Node, transport: &str, query: &str) -> Attach {
             Attach::Refused { status, code: body["error"]["code"].as_str().unwrap_or("").into() }
         }
         _ => unreachable!(),
-    }
-}
-
-async fn next_frame(ws: &mut common::WsStream) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(WsMessage::Text(t)))) => {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] != "heartbeat" {
-                    return Some(v);
-                }
-            }
-            Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) | Err(_) | Ok(Some(Err(_))) => return None,
-            Ok(Some(Ok(_))) => {}
-        }
     }
 }
 

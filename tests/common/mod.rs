@@ -419,17 +419,22 @@ impl Ws {
 
     /// The next non-heartbeat frame; `None` on close or 20 s of silence.
     pub async fn next(&mut self) -> Option<Value> {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(20), self.stream.next()).await {
-                Ok(Some(Ok(WsMessage::Text(t)))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if v["type"] != "heartbeat" {
-                        return Some(v);
-                    }
+        next_frame(&mut self.stream).await
+    }
+}
+
+/// The next non-heartbeat frame of a WebSocket; `None` on close or 20 s of silence.
+pub async fn next_frame(stream: &mut WsStream) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), stream.next()).await {
+            Ok(Some(Ok(WsMessage::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] != "heartbeat" {
+                    return Some(v);
                 }
-                Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) | Err(_) | Ok(Some(Err(_))) => return None,
-                Ok(Some(Ok(_))) => {}
             }
+            Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) | Err(_) | Ok(Some(Err(_))) => return None,
+            Ok(Some(Ok(_))) => {}
         }
     }
 }

@@ -4,7 +4,7 @@
 // It imports "stickless", the package name, so the package.json `exports` and `types` are checked too.
 
 import Stickless, { Stickless as Named, StickError, parsePosition } from "stickless";
-import type { Cursor, ErrorFrame, GapEvent, ChannelMessageEvent, StickEvents, TransportName } from "stickless";
+import type { Cursor, ErrorFrame, GapEvent, ChannelMessageEvent, StickEvents, TokenEvent, TransportName, UpstreamFrame } from "stickless";
 
 const client: Stickless = new Named({
   url: "https://gateway.example",
@@ -17,12 +17,25 @@ const client: Stickless = new Named({
   storage: globalThis.localStorage,
 });
 new Stickless({ storage: null, transport: "long-polling" });
+// Connection tokens: a fixed one, or getToken() (sync or async) for the first connect, refreshes and reconnects.
+new Stickless({ url: "https://gateway.example", token: "eyJ.e30.sig" });
+new Stickless({ url: "https://gateway.example", getToken: () => "eyJ.e30.sig" });
+const authed = new Stickless({
+  url: "https://gateway.example",
+  token: "eyJ.e30.sig",
+  getToken: async () => (await fetch("/api/stickless-token")).text(),
+});
+authed.on("token", (t: TokenEvent) => console.log(t.via === "refresh" || t.via === "attach", t.exp ?? 0, t.transport));
+const refresh: UpstreamFrame = { type: "refresh", id: "r1", token: "eyJ.e30.sig" };
+console.log(refresh, authed.refreshes + 1);
 
 client
   .on("message", (m: ChannelMessageEvent) => {
     const offset: number = m.offset;
     const via: TransportName = m.transport;
-    console.log(m.channel, m.epoch, offset, m.ts, m.data, m.node, via);
+    // A client-published message says who sent it; the user is null for an anonymous session.
+    const sender: string = m.from ? `${m.from.sub ?? "anonymous"}/${m.from.pid}` : "backend";
+    console.log(m.channel, m.epoch, offset, m.ts, m.data, m.node, via, sender);
   })
   .on("gap", (g: GapEvent) => console.log(g.reason === "trimmed" || g.reason === "epoch", g.previous.offset))
   .on("state", ({ state, transport, reason, reconnects }) => console.log(state, transport, reason, reconnects + 1))
@@ -49,6 +62,7 @@ async function main(): Promise<void> {
     await client.publish("chat", 1);
   } catch (err) {
     if (err instanceof StickError && err.code === "session_unknown") console.log(err.status, err.frame?.id);
+    if (err instanceof StickError && err.code === "rate_limited") console.log(err.retryAfterMs ?? 1000);
   }
   client.close();
 }
@@ -67,7 +81,15 @@ function wrongUses(): void {
   client.block("auto");
   // @ts-expect-error presence answers pids, not a count
   client.presence("chat").then((r) => r.count);
+  // @ts-expect-error getToken gives a token string (or a promise of one), not a number
+  new Stickless({ getToken: async () => 42 });
+  // @ts-expect-error a token is a string
+  new Stickless({ token: { jwt: "eyJ.e30.sig" } });
+  // @ts-expect-error a sender's pid is a string
+  client.on("message", (m) => m.from?.pid.toFixed());
+  // @ts-expect-error the token event says how: "attach" or "refresh"
+  client.on("token", (t) => t.via === "reconnect");
 }
 
-const everyEvent: Array<keyof StickEvents> = ["state", "message", "gap", "welcome", "poll", "error"];
+const everyEvent: Array<keyof StickEvents> = ["state", "message", "gap", "welcome", "poll", "token", "error"];
 console.log(everyEvent, main, wrongUses);
