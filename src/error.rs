@@ -89,7 +89,16 @@ impl Error {
 
     /// The `error` frame answering the upstream frame `id`.
     pub fn frame(&self, id: Option<&str>) -> Bytes {
-        Downstream::error(id, self.code(), &self.message())
+        let retry_after_ms = self.retry_after().map(|wait| wait.as_millis() as u64);
+        Downstream::Error { code: self.code(), id, message: &self.message(), retry_after_ms }.encode()
+    }
+
+    /// Over a rate limit: when a retry will be let through.
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::RateLimited(RetryAfter(wait)) => Some(*wait),
+            _ => None,
+        }
     }
 
     /// `{"error":{"code","message"}}`.

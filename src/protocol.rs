@@ -225,6 +225,9 @@ pub enum Downstream<'a> {
         code: ErrorCode,
         id: Option<&'a str>,
         message: &'a str,
+        /// With `rate_limited`: how long to wait before retrying.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     Heartbeat,
 }
@@ -258,7 +261,7 @@ impl Downstream<'_> {
 
     /// The `error` frame for `code`.
     pub fn error(id: Option<&str>, code: ErrorCode, message: &str) -> Bytes {
-        Downstream::Error { code, id, message }.encode()
+        Downstream::Error { code, id, message, retry_after_ms: None }.encode()
     }
 }
 

@@ -16,7 +16,7 @@ export interface Cursor {
   offset: number;
 }
 
-/** Error codes the server sends (docs/PROTOCOL.md, "HTTP errors"). */
+/** Error codes the server sends (docs/PROTOCOL.md, "Errors"). */
 export type ServerErrorCode =
   | "malformed_json"
   | "invalid_frame"
@@ -25,12 +25,22 @@ export type ServerErrorCode =
   | "invalid_position"
   | "too_many_frames"
   | "too_many_subscriptions"
+  | "binary_unsupported"
   | "unauthorized"
+  /** The connection token does not verify, or a refresh for another user. */
+  | "token_invalid"
+  /** The token passed its `exp`: the client reconnects with one from getToken(). */
+  | "token_expired"
   | "forbidden"
   | "session_unknown"
   | "transport_disabled"
   | "payload_too_large"
+  /** Over a rate limit; the client waits (`Retry-After`, or its own backoff) and tries again. */
+  | "rate_limited"
+  | "internal"
   | "over_capacity"
+  /** The application's hook failed or timed out: nothing was done. */
+  | "hook_unavailable"
   | "store_unavailable";
 
 /** Error codes the client makes itself: transport failures, switches, close(). */
@@ -48,6 +58,8 @@ export type ClientErrorCode =
   | "probe_failed"
   | "connect_failed"
   | "switch_failed"
+  /** getToken() threw or gave no token. */
+  | "token_unavailable"
   | `http_${number}`;
 
 /** Any error code; open-ended, as a newer server may send codes this client does not know. */
@@ -81,8 +93,14 @@ export interface PingFrame {
   type: "ping";
   id: string;
 }
+/** A new connection token for the session's own user (`sub`); the client sends it before `exp`. */
+export interface RefreshFrame {
+  type: "refresh";
+  id: string;
+  token: string;
+}
 /** Client to server. */
-export type UpstreamFrame = SubscribeFrame | UnsubscribeFrame | PublishFrame | PresenceFrame | PingFrame;
+export type UpstreamFrame = SubscribeFrame | UnsubscribeFrame | PublishFrame | PresenceFrame | PingFrame | RefreshFrame;
 
 export interface WelcomeFrame {
   type: "welcome";
@@ -92,6 +110,13 @@ export interface WelcomeFrame {
   transport: TransportName;
   heartbeat_ms: number;
 }
+/** Who published a message from a client (messages from the backend API have no sender). */
+export interface Sender {
+  /** The user (the token's `sub`); null for an anonymous session. */
+  sub: string | null;
+  /** The publishing session's public id, as presence shows it. */
+  pid: string;
+}
 export interface MessageFrame {
   type: "message";
   channel: string;
@@ -100,6 +125,8 @@ export interface MessageFrame {
   /** Milliseconds since 1970 when the message was published. */
   ts: number;
   data: unknown;
+  /** Set when a client published it. */
+  from?: Sender;
 }
 export interface GapFrame {
   type: "gap";
@@ -138,6 +165,10 @@ export interface UnsubscribeResult {
 export interface PresenceResult {
   channel: string;
   pids: string[];
+}
+export interface RefreshResult {
+  /** Until when the new token holds (seconds since 1970). */
+  exp: number;
 }
 
 /** The server's limits, from GET /v1/negotiate (only `max_frames_per_send` is known before it answers). */
@@ -185,13 +216,29 @@ export interface PollEvent {
   frames: DownstreamFrame[];
 }
 
+/**
+ * The session took a connection token: "attach" when a connect or reconnect presented it (the first connect,
+ * or one after `token_expired`), "refresh" when it was handed over in place on the open connection.
+ */
+export interface TokenEvent {
+  via: "attach" | "refresh";
+  /** The token's `exp` (seconds since 1970), or null when the client could not read one. */
+  exp: number | null;
+  transport: TransportName | null;
+}
+
 export interface StickEvents {
   state: StateEvent;
   message: ChannelMessageEvent;
   gap: GapEvent;
   welcome: WelcomeEvent;
   poll: PollEvent;
-  /** A failed connect round, switch or re-subscribe (a StickError), or an `error` frame as the server sent it. */
+  token: TokenEvent;
+  /**
+   * A failed connect round, switch, re-subscribe or refresh (a StickError; an attach the server refused carries
+   * its code: `token_invalid`, `token_expired`, `forbidden`, `rate_limited`), or an `error` frame as the server
+   * sent it.
+   */
   error: StickError | ErrorFrame;
 }
 
@@ -212,6 +259,8 @@ export type EventSourceConstructor = new (url: string) => EventSourceLike;
 export interface ResponseLike {
   readonly ok: boolean;
   readonly status: number;
+  /** Read for `Retry-After` when present. */
+  readonly headers?: { get(name: string): string | null };
   json(): Promise<unknown>;
   arrayBuffer(): Promise<unknown>;
 }
@@ -242,17 +291,31 @@ export interface StickOptions {
   connectTimeoutMs?: number;
   /** Default: localStorage when usable; null: remember nothing. */
   storage?: TransportMemory | null;
+  /**
+   * A connection token (JWT) for the first connect. Without getToken() it cannot be replaced: at its `exp` the
+   * session stops, and the client keeps retrying (backing off) with an `error` event each time.
+   */
+  token?: string;
+  /**
+   * Hands out connection tokens: for the first connect (unless `token` is given), for a refresh in place before
+   * the current one's `exp` (at exp - max(5 s, 10% of its remaining lifetime)), after the server said
+   * `token_expired`, and once more after an attach refused with `token_invalid` or `forbidden`. Without `token`
+   * or getToken the client connects anonymously.
+   */
+  getToken?: () => string | Promise<string>;
 }
 
 // ---- the API -------------------------------------------------------------------------------------------------------
 
 /** An error carrying the protocol's error `code` (e.g. "invalid_channel", "session_unknown"). */
 export class StickError extends Error {
-  constructor(code: ErrorCode, message?: string, extra?: { status?: number; frame?: ErrorFrame });
+  constructor(code: ErrorCode, message?: string, extra?: { status?: number; frame?: ErrorFrame; retryAfterMs?: number });
   readonly name: "StickError";
   code: ErrorCode;
   /** The HTTP status, when the error came from an HTTP answer. */
   status?: number;
+  /** The answer's `Retry-After`, in ms (`rate_limited`). */
+  retryAfterMs?: number;
   /** The `error` frame, when the server refused an upstream frame. */
   frame?: ErrorFrame;
 }
@@ -273,8 +336,10 @@ export class Stickless {
   readonly pid: string | null;
   /** The node behind the latest welcome. */
   readonly node: string | null;
-  /** Reconnects after a lost connection (a transport switch is not one). */
+  /** Reconnects after a lost connection (a transport switch is not one, nor a token refreshed in place). */
   readonly reconnects: number;
+  /** Tokens handed over in place (see the `token` event). */
+  readonly refreshes: number;
   /** Why the current transport was chosen, or why connecting failed. */
   readonly why: string;
   readonly heartbeatMs: number;

@@ -4,11 +4,13 @@
 // drops anything at or below it, so reconnects and live transport switches deliver every message exactly once.
 //
 // This file is the entry point; the client is split like the server (types: stickless.d.ts):
-//   client/session.js       the session core: public API, upstream queue, cursors, run loop, fallback, backoff
+//   client/session.js       the session core: public API, upstream queue, cursors, run loop, fallback, backoff,
+//                           connection tokens (getToken(), refresh in place, reconnect after token_expired)
 //   client/websocket.js     one file per transport, each reaching the core only through the link it is given
 //   client/sse.js
 //   client/long-polling.js
 //   client/send.js          POST /v1/send, the upstream path of SSE and long-polling
+//   client/token.js         reading a connection token's `exp`, and when to refresh it
 //   client/protocol.js      the position text and frame decoding
 //   client/errors.js        StickError, and reading an HTTP error body
 

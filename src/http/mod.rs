@@ -42,11 +42,12 @@ fn cors(settings: &Settings) -> CorsLayer {
     } else {
         AllowOrigin::list(origins)
     };
-    CorsLayer::new().allow_origin(allow).allow_methods([Method::GET, Method::POST]).allow_headers([
-        header::CONTENT_TYPE,
-        header::AUTHORIZATION,
-        HeaderName::from_static("last-event-id"),
-    ])
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("last-event-id")])
+        // A page may read when to retry a rate-limited request.
+        .expose_headers([header::RETRY_AFTER])
 }
 
 /// Serves `app` until SIGINT/SIGTERM or until `lifecycle.shutdown` is cancelled, then ends live connections

@@ -12,7 +12,10 @@ export class StickError extends Error {
   }
 }
 
-/** The StickError of a failed HTTP answer: its `{"error":{code, message}}` body, or `http_<status>` without one. */
+/**
+ * The StickError of a failed HTTP answer: its `{"error":{code, message}}` body, or `http_<status>` without one;
+ * with `retryAfterMs` when it carried a `Retry-After` (in seconds, as the gateway sends it with `rate_limited`).
+ */
 export async function readError(res) {
   let code = `http_${res.status}`;
   let message = `HTTP ${res.status}`;
@@ -25,5 +28,8 @@ export async function readError(res) {
   } catch (_) {
     // not JSON: keep the status
   }
-  return new StickError(code, message, { status: res.status });
+  const extra = { status: res.status };
+  const header = res.headers && typeof res.headers.get === "function" ? res.headers.get("retry-after") : null;
+  if (header && Number(header) >= 0) extra.retryAfterMs = Number(header) * 1000;
+  return new StickError(code, message, extra);
 }

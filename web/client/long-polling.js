@@ -15,13 +15,16 @@ function open(link) {
   const loop = async () => {
     while (!conn.closed) {
       const url = link.url();
+      // A header, unlike a query parameter, stays out of access logs; fetch can send one.
+      const token = link.token();
+      const headers = token ? { authorization: `Bearer ${token}` } : undefined;
       ctrl = new AbortController();
       const c = ctrl;
       // The server answers within poll_timeout_ms; a poll hanging well past that is a dead link.
       const limit = setTimeout(() => c.abort(), client.pollTimeoutMs + 10000);
       let body;
       try {
-        const res = await link.fetch(url.toString(), { signal: c.signal, cache: "no-store" });
+        const res = await link.fetch(url.toString(), { signal: c.signal, cache: "no-store", headers });
         if (!res.ok) throw await readError(res);
         body = await res.json();
       } catch (err) {
@@ -58,10 +61,12 @@ function open(link) {
   if (existing) {
     // A poll on an existing session is held until something arrives (no welcome): once /v1/send confirms the
     // session and the poll has not been refused meanwhile, the poll - which carries our position - is attached.
-    link.probeSession(existing).then((code) => {
+    // A ping refused inside a 200 answer still proves the session: the held poll, which carries any new token,
+    // is what tells whether it may be served.
+    link.probeSession(existing).then(({ status, code }) => {
       if (conn.closed || conn.welcomed) return;
       if (code === "session_unknown") return fail(new StickError(code, "session unknown"));
-      if (code !== "ok") return fail(new StickError("probe_failed", `session check failed (${code})`));
+      if (status !== 200) return fail(new StickError("probe_failed", `session check failed (${code})`));
       setTimeout(() => {
         if (conn.closed || conn.welcomed) return;
         impliedWelcome({ session: existing, pid: client.pid, node: conn.node || client.node });

@@ -1,12 +1,15 @@
 // session.js - the session core of the client, the part every transport shares: the public API, the queue of
 // upstream frames (resent with the same id after a reconnect, so the server applies each once), the per-channel
-// cursors that drop anything already seen, and the run loop that negotiates, picks a transport, falls back and
-// backs off. A transport (websocket.js, sse.js, long-polling.js) only moves frames; it reaches the session through
-// the `link` that _attach() hands it, and this file names none of them outside the TRANSPORTS registry.
+// cursors that drop anything already seen, the run loop that negotiates, picks a transport, falls back and backs
+// off, and the connection token: taken from getToken(), refreshed in place before its `exp`, replaced after
+// `token_expired`. A transport (websocket.js, sse.js, long-polling.js) only moves frames; it reaches the session
+// through the `link` that _attach() hands it (and only adds link.token() to its request), and this file names
+// none of them outside the TRANSPORTS registry.
 
 import { StickError, readError } from "./errors.js";
 import { formatPosition, parsePosition } from "./protocol.js";
 import { postFrames, probeSession } from "./send.js";
+import { refreshDelay, tokenExpiry } from "./token.js";
 import { websocket } from "./websocket.js";
 import { sse } from "./sse.js";
 import { longPolling } from "./long-polling.js";
@@ -16,6 +19,10 @@ const TRANSPORTS = new Map([websocket, sse, longPolling].map((t) => [t.name, t])
 const STORAGE_KEY = "stickless.transport";
 const MAX_BACKOFF_MS = 10000;
 const BASE_BACKOFF_MS = 250;
+/** Attach refusals no other transport would fare better with: they are about who the client is, or how often. */
+const REFUSALS = new Set(["token_expired", "token_invalid", "forbidden", "rate_limited"]);
+/** The refusal a bare HTTP status stands for, when a runtime tells only the status (Node's `ws`, `eventsource`). */
+const REFUSAL_BY_STATUS = { 401: "token_invalid", 403: "forbidden", 429: "rate_limited" };
 
 function randomHex(bytes) {
   const a = new Uint8Array(bytes);
@@ -51,6 +58,8 @@ export class Stickless {
     this._fetch = f ? (...args) => f(...args) : null;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 4000;
     this._storage = options.storage !== undefined ? options.storage : defaultStorage();
+    if (options.getToken != null && typeof options.getToken !== "function") throw new Error("stickless: options.getToken must be a function");
+    this._getToken = options.getToken || null;
 
     this.transport = null;
     this.state = "idle";
@@ -58,6 +67,7 @@ export class Stickless {
     this.pid = null;
     this.node = null;
     this.reconnects = 0;
+    this.refreshes = 0;
     this.why = "";
     this.heartbeatMs = 15000;
     this.pollTimeoutMs = 25000;
@@ -81,8 +91,19 @@ export class Stickless {
     this._needResubscribe = false;
     this._everConnected = false;
     this._http = { busy: false, retryTimer: null };
+    this._holdTimer = null; // sends the frames the server rate-limited (p.holdUntil) once they are due
     this._connectWaiters = [];
     this._connectPromise = null;
+    // The connection token: the current one and its exp (s), the one the server's session holds (an attach
+    // sends a token only when they differ), whether the next attach needs a fresh one from getToken(), and
+    // whether this run of refused attaches already had its immediate retry with one.
+    this._token = options.token ? String(options.token) : null;
+    this._tokenExp = tokenExpiry(this._token);
+    this._sessionToken = null;
+    this._tokenStale = false;
+    this._retriedRefusal = false;
+    this._subscribeAfterWelcome = false;
+    this._refresh = { timer: null, running: false, token: null }; // token: the one the timer is for
   }
 
   // ---- events ---------------------------------------------------------------------------------------------
@@ -242,6 +263,8 @@ export class Stickless {
     this._conn = null;
     if (this._wakeLoop) this._wakeLoop();
     clearTimeout(this._http.retryTimer);
+    clearTimeout(this._holdTimer);
+    clearTimeout(this._refresh.timer);
     const err = new StickError("closed", "client closed");
     for (const p of this._pending.values()) p.reject(err);
     this._pending.clear();
@@ -281,8 +304,9 @@ export class Stickless {
     const conn = this._conn;
     if (!conn || conn.closed || this._closed) return;
     if (conn.send) {
+      const now = Date.now();
       for (const p of this._pending.values()) {
-        if (p.sentOn === conn.id || p.inflight) continue;
+        if (p.sentOn === conn.id || p.inflight || p.holdUntil > now) continue;
         if (!conn.send(p.frame)) return;
         p.sentOn = conn.id;
       }
@@ -295,8 +319,9 @@ export class Stickless {
     if (this._http.busy || !this.sessionId) return;
     const max = Math.max(1, this.limits.max_frames_per_send || 100);
     const batch = [];
+    const now = Date.now();
     for (const p of this._pending.values()) {
-      if (p.inflight) continue;
+      if (p.inflight || p.holdUntil > now) continue;
       batch.push(p);
       if (batch.length >= max) break;
     }
@@ -305,6 +330,7 @@ export class Stickless {
     const session = this.sessionId;
     for (const p of batch) p.inflight = true;
     let retryLater = false;
+    let retryAfterMs = null;
     // A send on a dead pooled connection would hang forever with our frames marked in flight.
     const ctrl = new AbortController();
     const limit = setTimeout(() => ctrl.abort(), 15000);
@@ -322,6 +348,7 @@ export class Stickless {
           if (this.sessionId === session) this._sessionLost(err);
         } else if (res.status >= 500 || res.status === 429) {
           retryLater = true;
+          retryAfterMs = err.retryAfterMs ?? null;
         } else {
           for (const p of batch) {
             this._pending.delete(p.frame.id);
@@ -339,7 +366,7 @@ export class Stickless {
     }
     if (retryLater) {
       clearTimeout(this._http.retryTimer);
-      this._http.retryTimer = setTimeout(() => this._flush(), 500 + Math.random() * 1000);
+      this._http.retryTimer = setTimeout(() => this._flush(), retryAfterMs ?? 500 + Math.random() * 1000);
     } else if (this._conn && !this._conn.send) {
       this._httpFlush();
     } else {
@@ -364,14 +391,38 @@ export class Stickless {
       this._emit("error", f);
       if (f.id != null) {
         const p = this._pending.get(f.id);
-        if (p) {
-          this._pending.delete(f.id);
-          p.reject(new StickError(f.code, f.message, { frame: f }));
+        if (!p) return;
+        if (f.code === "rate_limited") {
+          this._holdBack(p); // over the session's rate: the same frame (same id) goes again later
+          return;
         }
+        this._pending.delete(f.id);
+        p.reject(new StickError(f.code, f.message, { frame: f }));
       } else if (f.code === "session_unknown") {
         this._sessionLost(new StickError(f.code, f.message));
       }
     }
+  }
+
+  /** Holds a rate-limited frame back, doubling the wait each time (about 0.5 s up to 10 s), then sends it again. */
+  _holdBack(p) {
+    p.holds = (p.holds || 0) + 1;
+    p.holdUntil = Date.now() + Math.min(MAX_BACKOFF_MS, 500 * 2 ** (p.holds - 1)) * (0.5 + Math.random() / 2);
+    p.sentOn = 0;
+    this._wakeHeld();
+  }
+
+  /** Sets the timer for the earliest held frame: then what is due is sent, and the timer set for the next. */
+  _wakeHeld() {
+    clearTimeout(this._holdTimer);
+    const now = Date.now();
+    let due = Infinity;
+    for (const p of this._pending.values()) if (p.holdUntil > now) due = Math.min(due, p.holdUntil);
+    if (due === Infinity || this._closed) return;
+    this._holdTimer = setTimeout(() => {
+      this._flush();
+      this._wakeHeld();
+    }, due - now);
   }
 
   // ---- downstream frames ----------------------------------------------------------------------------------
@@ -390,7 +441,7 @@ export class Stickless {
     switch (f.type) {
       case "message": {
         if (!this._advance(f)) return;
-        this._emit("message", {
+        const m = {
           channel: f.channel,
           epoch: f.epoch,
           offset: f.offset,
@@ -398,7 +449,9 @@ export class Stickless {
           data: f.data,
           node: node || conn.node || this.node,
           transport: conn.name,
-        });
+        };
+        if (f.from) m.from = f.from; // published by a client: who (backend messages have none)
+        this._emit("message", m);
         return;
       }
       case "gap": {
@@ -406,8 +459,14 @@ export class Stickless {
         return;
       }
       case "ack":
+        this._onAnswer(f);
+        return;
       case "error":
         this._onAnswer(f);
+        if (f.id == null && f.code === "token_expired") {
+          // The feed's last frame: the session stops until it has a new token (see _connectionLost).
+          this._connectionLost(conn, new StickError(f.code, f.message || "the connection token has expired", { frame: f }));
+        }
         return;
       default:
         return; // welcome is handled by the connection; heartbeat only feeds the silence timer
@@ -422,6 +481,74 @@ export class Stickless {
     if (body.session && !this.sessionId) this.sessionId = body.session;
     for (const [ch, cur] of parsePosition(body.position)) {
       if (this._subs.has(ch) && !this._cursors.has(ch)) this._cursors.set(ch, cur);
+    }
+  }
+
+  // ---- connection token -----------------------------------------------------------------------------------
+
+  /** The token an attach presents: only when the server's session does not hold it yet (new session, new token). */
+  _attachToken() {
+    if (!this._token) return null;
+    return !this.sessionId || this._token !== this._sessionToken ? this._token : null;
+  }
+
+  /** Before a connect round: a token from getToken() when there is none yet, the server refused it, or it expired. */
+  async _prepareToken() {
+    if (!this._getToken) return;
+    const expired = this._tokenExp != null && Date.now() >= this._tokenExp * 1000;
+    if (!this._token || this._tokenStale || expired) this._takeToken(await this._getToken());
+    else if (this._refresh.token !== this._token) this._scheduleRefresh(); // options.token: schedule its refresh
+  }
+
+  /** Makes `token` the one later attaches present, and schedules its refresh. */
+  _takeToken(token) {
+    if (typeof token !== "string" || !token) throw new StickError("token_unavailable", "getToken() gave no token");
+    this._token = token;
+    this._tokenExp = tokenExpiry(token);
+    this._tokenStale = false;
+    this._scheduleRefresh();
+  }
+
+  _scheduleRefresh() {
+    clearTimeout(this._refresh.timer);
+    this._refresh.timer = null;
+    this._refresh.token = this._token;
+    if (!this._getToken || this._closed) return;
+    const delay = refreshDelay(this._tokenExp, Date.now());
+    if (delay != null) this._refresh.timer = setTimeout(() => this._refreshInPlace(), delay);
+  }
+
+  /**
+   * Before `exp`: a new token from getToken(), handed to the session by a `refresh` frame on the current
+   * connection (POST /v1/send for SSE and long-polling) - no reconnect, nothing lost. A refresh the server
+   * refuses (a token for another user, an invalid one) is not retried: at `exp` the server ends the feed with
+   * `token_expired`, and the reconnect that follows asks getToken() again.
+   */
+  async _refreshInPlace() {
+    this._refresh.timer = null;
+    if (this._closed || this._refresh.running || !this._getToken) return;
+    if (!this._conn || !this.sessionId) {
+      this._tokenStale = true; // not connected: the next attach takes a fresh token instead
+      return;
+    }
+    this._refresh.running = true;
+    try {
+      const token = await this._getToken();
+      if (typeof token !== "string" || !token) throw new StickError("token_unavailable", "getToken() gave no token");
+      if (token === this._token) return; // nothing newer to hand over; at exp the reconnect asks again
+      const result = await this._request({ type: "refresh", token });
+      this._sessionToken = token;
+      const exp = tokenExpiry(token) ?? (result && result.exp) ?? null;
+      // A reconnect may have taken a newer token meanwhile: keep whichever lives longer.
+      if (this._tokenExp == null || exp == null || exp >= this._tokenExp) this._takeToken(token);
+      this.refreshes++;
+      this._emit("token", { via: "refresh", exp, transport: this.transport });
+    } catch (err) {
+      if (this._closed || (err && err.code === "closed")) return;
+      // An `error` frame was emitted as it came; anything else (getToken() threw, an HTTP failure) is told here.
+      if (!(err && err.frame)) this._emit("error", err instanceof StickError ? err : new StickError("token_unavailable", `getToken() failed: ${err && err.message}`));
+    } finally {
+      this._refresh.running = false;
     }
   }
 
@@ -460,6 +587,12 @@ export class Stickless {
     this._conn = null;
     if (this._closed) return;
     if (err.code === "session_unknown") this._forgetSession();
+    if (err.code === "token_expired") {
+      // Told by the feed's last frame (emitted as it came) or by a refused poll: the reconnect takes a token
+      // from getToken() and hands it to the same session, which resumes from our position.
+      this._tokenStale = true;
+      if (!err.frame) this._emit("error", err);
+    }
     if (this._switch) {
       // setTransport is attaching a replacement with our position: let it finish or fail first.
       return;
@@ -552,11 +685,20 @@ export class Stickless {
       if (reconnect) await this._sleep(this._backoff());
       while (!this._closed && !this._conn) {
         const failures = [];
+        let refusal = null; // refused for who the client is or how often: another transport would fare no better
         let plan = null;
         try {
           plan = await this._plan(reconnect, previous);
         } catch (err) {
           failures.push(`negotiate failed (${err.message})`);
+        }
+        if (plan) {
+          try {
+            await this._prepareToken();
+          } catch (err) {
+            failures.push(`getToken() failed (${err.message})`);
+            plan = null;
+          }
         }
         const mode = this._mode;
         for (const name of plan ? plan.order : []) {
@@ -575,9 +717,11 @@ export class Stickless {
                 continue;
               }
               failures.push(`${name} failed (${err.message})`);
+              refusal = this._refusal(err);
             }
             break;
           }
+          if (refusal) break;
           if (conn && conn.closed) {
             failures.push(`${name} failed (closed right after its welcome)`);
             continue;
@@ -597,15 +741,44 @@ export class Stickless {
         if (this._conn || this._closed) break;
         if (this._mode !== mode) continue; // replan at once with the new choice
         this.why = failures.join("; ");
-        this._emit("error", new StickError("connect_failed", this.why || "no transport connected"));
+        this._emit("error", refusal || new StickError("connect_failed", this.why || "no transport connected"));
         this._setState(this._everConnected ? "reconnecting" : "connecting", this.why);
         reconnect = true;
+        if (refusal && this._afterRefusal(refusal)) continue;
         this._failures++;
-        await this._sleep(this._backoff());
+        await this._sleep(Math.max(this._backoff(), (refusal && refusal.retryAfterMs) || 0));
       }
     } finally {
       this._running = false;
     }
+  }
+
+  /** The attach refusal `err` stands for (a StickError with its code), or null when it is another failure. */
+  _refusal(err) {
+    if (REFUSALS.has(err.code)) return err;
+    const code = REFUSAL_BY_STATUS[err.status];
+    return code ? new StickError(code, err.message, { status: err.status, retryAfterMs: err.retryAfterMs }) : null;
+  }
+
+  /**
+   * After an attach was refused: changes what the next attach sends, and says whether to try it at once. The
+   * same token is not worth another try: the next attach takes a fresh one from getToken(). Only the first retry
+   * of a run of refusals is immediate; after that the loop backs off, so a token that never works cannot spin it.
+   */
+  _afterRefusal(refusal) {
+    if (refusal.code === "rate_limited") return false;
+    if (refusal.code === "forbidden" && !this.sessionId && this._subs.size && !this._subscribeAfterWelcome) {
+      // A new session subscribes at attach (`channels`), and one channel the claims do not allow refuses the
+      // whole attach: subscribe after the welcome instead, so only that channel's subscribe fails.
+      this._subscribeAfterWelcome = true;
+      this._needResubscribe = true;
+      return true;
+    }
+    if (!this._getToken) return false;
+    this._tokenStale = true;
+    if (this._retriedRefusal) return false;
+    this._retriedRefusal = true;
+    return true;
   }
 
   _activate(conn, why, isReconnect) {
@@ -613,6 +786,8 @@ export class Stickless {
     this.transport = conn.name;
     this.why = why;
     this._failures = 0;
+    this._retriedRefusal = false;
+    this._subscribeAfterWelcome = false;
     if (isReconnect && this._everConnected) this.reconnects++;
     this._everConnected = true;
     this._setState("connected", why);
@@ -623,6 +798,8 @@ export class Stickless {
       this._resubscribe();
     }
     this._flush();
+    // A refresh fell due while this attach was under way (with the token before): hand the next one over now.
+    if (this._tokenStale) this._refreshInPlace();
   }
 
   /** After a new session replaced a lost one: subscribe every channel again from its cursor. */
@@ -630,7 +807,11 @@ export class Stickless {
     const queued = new Set([...this._pending.values()].filter((p) => p.frame.type === "subscribe").map((p) => p.frame.channel));
     for (const ch of this._subs) {
       if (queued.has(ch)) continue;
-      this._request(this._subscribeFrame(ch)).catch((err) => this._emit("error", err));
+      this._request(this._subscribeFrame(ch)).catch((err) => {
+        // As for subscribe(): a refused channel (e.g. one a new token no longer allows) is no longer wanted.
+        if (err && err.code && err.code !== "closed") this._subs.delete(ch);
+        this._emit("error", err);
+      });
     }
   }
 
@@ -642,6 +823,11 @@ export class Stickless {
     if (f.heartbeat_ms) this.heartbeatMs = f.heartbeat_ms;
     if (previous && f.session && previous !== f.session) this._needResubscribe = true;
     this._emit("welcome", { ...f, transport: conn.name });
+    if (conn.token) {
+      // The session took the token this attach carried: later attaches need not send it again.
+      this._sessionToken = conn.token;
+      this._emit("token", { via: "attach", exp: tokenExpiry(conn.token), transport: conn.name });
+    }
   }
 
   /** The URL a transport attaches to: its path (blocked, negotiated or default) and the attach query as of now. */
@@ -658,7 +844,7 @@ export class Stickless {
     const pos = this.position;
     if (pos) q.set("position", pos);
     // A new session (first connect or after session_unknown) subscribes at attach; `position` sets each start.
-    if (!this.sessionId && this._subs.size) q.set("channels", [...this._subs].join(","));
+    if (!this.sessionId && this._subs.size && !this._subscribeAfterWelcome) q.set("channels", [...this._subs].join(","));
     url.search = q.toString();
     return url;
   }
@@ -716,12 +902,24 @@ export class Stickless {
         EventSource: this._EventSource,
         fetch: this._fetch,
         url: () => this._attachUrl(name),
+        // The token to present, when the session does not hold it yet (a new session, or a fresh token).
+        token: () => {
+          const token = this._attachToken();
+          if (token) conn.token = token;
+          return token;
+        },
         welcome,
         fail,
         deliver: (f, node) => this._onFrame(conn, f, node),
         emit: (event, payload) => this._emit(event, payload),
         adoptEnvelope: (body) => this._adoptEnvelope(body),
         probeSession: (session) => probeSession(this._fetch, this.url, session, this._nextId(), this.connectTimeoutMs),
+        // A refused attach of an existing session whose answer the runtime hides: the error the server names for
+        // the session (session_unknown, token_expired, ...), or `err` when it names none.
+        explainRefusal: async (session, err) => {
+          const { code } = await probeSession(this._fetch, this.url, session, this._nextId(), this.connectTimeoutMs);
+          return code !== "ok" && code !== "unreachable" ? new StickError(code, `${err.message}: ${code}`, { status: err.status }) : err;
+        },
       };
       try {
         opened = TRANSPORTS.get(name).open(link);

@@ -1,7 +1,7 @@
 // sse.js - the Server-Sent Events transport (GET /v1/sse): frames downstream on an EventSource, upstream by
 // POST /v1/send (the session core sends them). The client resumes with its own position, so the EventSource is
-// never left to reconnect by itself; and as an EventSource hides the status of a failed attach, a session that may
-// have expired is checked with a probe on /v1/send.
+// never left to reconnect by itself; and as an EventSource hides the status of a failed attach (in a browser), a
+// session that may have expired or lost its grant is checked with a probe on /v1/send.
 
 import { StickError } from "./errors.js";
 import { parseFrame } from "./protocol.js";
@@ -12,6 +12,8 @@ function open(link) {
   const ES = link.EventSource;
   if (!ES) throw new StickError("unsupported", "no EventSource implementation");
   const url = link.url();
+  const token = link.token();
+  if (token) url.searchParams.set("token", token); // an EventSource cannot send headers
   const attachedSession = link.client.sessionId;
   const es = new ES(url.toString());
   es.onmessage = (ev) => {
@@ -29,11 +31,12 @@ function open(link) {
     } catch (_) {
       // ignore
     }
-    const status = ev && ev.code ? ` (HTTP ${ev.code})` : "";
-    const err = new StickError("sse_error", `event stream failed${status}`);
+    // Node's `eventsource` tells the status of a refused attach; a browser's does not.
+    const status = ev && ev.code > 0 ? ev.code : undefined;
+    const err = new StickError("sse_error", `event stream failed${status ? ` (HTTP ${status})` : ""}`, { status });
     if (!conn.welcomed && attachedSession) {
-      // An EventSource hides the 404 body: ask /v1/send whether the session still exists.
-      link.probeSession(attachedSession).then((code) => fail(code === "session_unknown" ? new StickError(code, "session unknown") : err));
+      // An EventSource hides the error body: ask /v1/send what is wrong with the session.
+      link.explainRefusal(attachedSession, err).then(fail);
     } else {
       fail(err);
     }

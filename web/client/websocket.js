@@ -1,6 +1,7 @@
 // websocket.js - the WebSocket transport (GET /v1/ws): frames both ways on one socket, so it is the only transport
 // that carries upstream frames itself (it returns `send`). Browsers cannot see WebSocket pings, so it watches for the
-// server's heartbeat frames and fails the connection after 2.5 heartbeats of silence.
+// server's heartbeat frames and fails the connection after 2.5 heartbeats of silence. A browser cannot read why an
+// upgrade was refused (401, 403, 429 come before it), so a refused re-attach asks /v1/send about the session.
 
 import { StickError } from "./errors.js";
 import { parseFrame } from "./protocol.js";
@@ -12,6 +13,9 @@ function open(link) {
   if (!WS) throw new StickError("unsupported", "no WebSocket implementation");
   const url = link.url();
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const token = link.token();
+  if (token) url.searchParams.set("token", token); // a browser WebSocket cannot send headers
+  const attachedSession = client.sessionId;
   const ws = new WS(url.toString());
   let silence = null;
   const arm = () => {
@@ -39,16 +43,29 @@ function open(link) {
     }
     link.deliver(f);
   };
+  // The status of a refused upgrade, where the runtime tells it (Node's `ws`: "Unexpected server response: 401").
+  let refusedStatus = 0;
   // An error is always followed by close, which fails the connection; the handler keeps Node's `ws` from throwing.
-  ws.onerror = () => {};
+  ws.onerror = (ev) => {
+    const m = /server response: (\d{3})/.exec((ev && ev.message) || "");
+    if (m) refusedStatus = Number(m[1]);
+  };
   ws.onclose = (ev) => {
     clearTimeout(silence);
     if (conn.closed) return;
-    if (ev && ev.code === 1008 && sessionError == null) {
-      fail(new StickError("session_unknown", ev.reason || "closed 1008"));
-      return;
+    if (sessionError) return fail(sessionError);
+    // The server closes with the error code as the reason (`token_expired`, `session_unknown`).
+    const reason = ev && typeof ev.reason === "string" ? ev.reason : "";
+    if (/^[a-z_]+$/.test(reason)) return fail(new StickError(reason, `websocket closed (${ev.code} ${reason})`));
+    if (ev && ev.code === 1008) return fail(new StickError("session_unknown", reason || "closed 1008"));
+    const status = refusedStatus ? ` (HTTP ${refusedStatus})` : "";
+    const err = new StickError("closed", `websocket closed${ev && ev.code ? ` (${ev.code})` : ""}${status}`, refusedStatus ? { status: refusedStatus } : {});
+    if (!conn.welcomed && attachedSession) {
+      // Refused before the upgrade: ask /v1/send what is wrong with the session.
+      link.explainRefusal(attachedSession, err).then(fail);
+    } else {
+      fail(err);
     }
-    fail(sessionError || new StickError("closed", `websocket closed${ev && ev.code ? ` (${ev.code})` : ""}`));
   };
   return {
     send(frame) {
