@@ -106,6 +106,12 @@ impl Handle {
         &self.node
     }
 
+    /// Starts draining: `/readyz` turns 503, new attaches get 503 `draining`, and every connection is told to
+    /// reconnect after a random delay over the drain window, and ends. Call [`Handle::shutdown`] after.
+    pub fn drain(&self) {
+        self.lifecycle.drain.cancel();
+    }
+
     /// Ends the node's live connections: WebSockets close with 1001, SSE streams end, waiting polls answer.
     pub fn shutdown(&self) {
         self.lifecycle.shutdown.cancel();

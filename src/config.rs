@@ -102,6 +102,14 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_WRITE_TIMEOUT_MS", default_value_t = defaults().write_timeout.as_millis() as u64)]
     pub write_timeout_ms: u64,
 
+    /// Milliseconds over which a draining node (SIGTERM) spreads its clients' reconnects.
+    #[arg(long, env = "STICKLESS_DRAIN_WINDOW_MS", default_value_t = defaults().drain_window.as_millis() as u64)]
+    pub drain_window_ms: u64,
+
+    /// Milliseconds within which a draining node exits.
+    #[arg(long, env = "STICKLESS_DRAIN_TIMEOUT_MS", default_value_t = defaults().drain_timeout.as_millis() as u64)]
+    pub drain_timeout_ms: u64,
+
     /// Origins allowed to open WebSockets, comma-separated (default: any).
     #[arg(long, env = "STICKLESS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -264,6 +272,8 @@ impl Config {
             "allowed_origins" => |s: &mut Settings| s.allowed_origins = self.allowed_origins.clone();
             "send_buffer_bytes" => |s: &mut Settings| s.send_buffer_bytes = self.send_buffer_bytes;
             "write_timeout_ms" => |s: &mut Settings| s.write_timeout = Duration::from_millis(self.write_timeout_ms);
+            "drain_window_ms" => |s: &mut Settings| s.drain_window = Duration::from_millis(self.drain_window_ms);
+            "drain_timeout_ms" => |s: &mut Settings| s.drain_timeout = Duration::from_millis(self.drain_timeout_ms);
             "api_key" => |s: &mut Settings| s.api_key = self.api_key.clone();
             "client_presence" => |s: &mut Settings| s.client_presence = self.client_presence;
             "token_secret" => |s: &mut Settings| s.token.hs256_secret = self.token_secret.clone();
@@ -303,6 +313,8 @@ struct File {
     allowed_origins: Option<Vec<String>>,
     send_buffer_bytes: Option<usize>,
     write_timeout_ms: Option<u64>,
+    drain_window_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
     api_key: Option<String>,
     web_dir: Option<PathBuf>,
     demo_ticker_ms: Option<u64>,
@@ -399,6 +411,8 @@ impl File {
         set(&mut s.allowed_origins, self.allowed_origins);
         set(&mut s.send_buffer_bytes, self.send_buffer_bytes);
         set(&mut s.write_timeout, millis(self.write_timeout_ms));
+        set(&mut s.drain_window, millis(self.drain_window_ms));
+        set(&mut s.drain_timeout, millis(self.drain_timeout_ms));
         set(&mut s.api_key, self.api_key.map(Some));
         set(&mut s.web, self.web_dir.map(WebFiles::Dir));
         set(&mut s.demo_ticker, self.demo_ticker_ms.map(|ms| (ms > 0).then(|| Duration::from_millis(ms))));

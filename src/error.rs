@@ -29,6 +29,8 @@ pub enum Error {
     Hook(#[from] HookUnavailable),
     #[error("too many requests; retry in {} ms", .0.0.as_millis())]
     RateLimited(RetryAfter),
+    #[error("this node is shutting down; reconnect in {} ms (to another node)", .0.as_millis())]
+    Draining(std::time::Duration),
     #[error("at most {0} frames per send")]
     TooManyFrames(usize),
     #[error("data is over max_message_bytes ({0})")]
@@ -72,6 +74,7 @@ impl Error {
             Error::Token(TokenError::Invalid(_)) => ErrorCode::TokenInvalid,
             Error::Hook(_) => ErrorCode::HookUnavailable,
             Error::RateLimited(_) => ErrorCode::RateLimited,
+            Error::Draining(_) => ErrorCode::Draining,
             Error::TooManyFrames(_) => ErrorCode::TooManyFrames,
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::Plain(code) | Error::Other(code, _) => *code,
@@ -96,7 +99,9 @@ impl Error {
     /// Over a rate limit: when a retry will be let through.
     fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
-            Error::RateLimited(RetryAfter(wait)) => Some(*wait),
+            Error::RateLimited(RetryAfter(wait))
+            | Error::Store(StoreError::RateLimited(RetryAfter(wait)))
+            | Error::Draining(wait) => Some(*wait),
             _ => None,
         }
     }
@@ -115,12 +120,7 @@ impl Error {
             close_code: code.close_code(),
             body: self.body(),
             frame: self.frame(None),
-            retry_after: match self {
-                Error::RateLimited(RetryAfter(wait)) | Error::Store(StoreError::RateLimited(RetryAfter(wait))) => {
-                    Some(*wait)
-                }
-                _ => None,
-            },
+            retry_after: self.retry_after(),
         }
     }
 }
@@ -140,6 +140,8 @@ impl From<Refusal> for Error {
                 format!("the {} transport is turned off on this server", t.name()),
             ),
             Refusal::OverCapacity => Error::plain(ErrorCode::OverCapacity),
+            // Worded by the gateway, which draws the delay (Gateway::refuse).
+            Refusal::Draining => Error::Draining(std::time::Duration::ZERO),
             Refusal::BadQuery(why) => Error::invalid(format!("bad query string: {why}")),
             Refusal::BadBody(why) => Error::invalid(why),
             Refusal::BodyTooLarge => Error::plain(ErrorCode::PayloadTooLarge),

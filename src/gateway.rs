@@ -83,6 +83,14 @@ impl<S: Store> Gateway<S> {
         self.0.metrics.encode()
     }
 
+    /// A delay drawn uniformly over the drain window, so a draining node's clients come back spread out.
+    fn drain_delay(&self) -> Duration {
+        let window = self.settings().drain_window.as_millis() as u64;
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("the OS random source is available");
+        Duration::from_millis(u64::from_le_bytes(bytes) % window.max(1))
+    }
+
     /// Counts a refusal on its way to the client.
     fn refused(&self, err: Error) -> Error {
         self.0.metrics.refused(err.code().as_str());
@@ -487,7 +495,16 @@ impl<S: Store> Port for Gateway<S> {
     }
 
     fn refuse(&self, refusal: Refusal) -> Rejection {
-        Error::from(refusal).rejection()
+        let err = match refusal {
+            Refusal::Draining => Error::Draining(self.drain_delay()),
+            other => Error::from(other),
+        };
+        self.refused(err).rejection()
+    }
+
+    fn reconnect(&self) -> (Bytes, Duration) {
+        let after = self.drain_delay();
+        (Downstream::Reconnect { after_ms: after.as_millis() as u64 }.encode(), after)
     }
 }
 

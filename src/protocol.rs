@@ -230,6 +230,11 @@ pub enum Downstream<'a> {
         retry_after_ms: Option<u64>,
     },
     Heartbeat,
+    /// This node is draining (shutting down): reconnect after `after_ms`, drawn at random over the drain window so
+    /// that a fleet losing a node does not send all its clients to the survivors at once.
+    Reconnect {
+        after_ms: u64,
+    },
 }
 
 /// What an `ack` says, by the frame it answers.
@@ -319,13 +324,14 @@ pub enum ErrorCode {
     PayloadTooLarge,
     RateLimited,
     OverCapacity,
+    Draining,
     StoreUnavailable,
     HookUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidFrame,
         ErrorCode::UnknownType,
@@ -343,6 +349,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::RateLimited,
         ErrorCode::OverCapacity,
+        ErrorCode::Draining,
         ErrorCode::StoreUnavailable,
         ErrorCode::HookUnavailable,
         ErrorCode::Internal,
@@ -369,6 +376,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::HookUnavailable => "hook_unavailable",
             ErrorCode::OverCapacity => "over_capacity",
+            ErrorCode::Draining => "draining",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -395,6 +403,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "too many requests; retry after the time given",
             ErrorCode::HookUnavailable => "the application's hook did not answer; nothing was done",
             ErrorCode::OverCapacity => "this node's connection limit is reached; retry later",
+            ErrorCode::Draining => "this node is shutting down; reconnect after the time given (to another node)",
             ErrorCode::StoreUnavailable => {
                 "the store did not answer in time: the outcome is unknown (it may be stored); retry with the same id \
                  or idempotency_key, which stores it once"
@@ -420,7 +429,10 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::OverCapacity | ErrorCode::StoreUnavailable | ErrorCode::HookUnavailable => 503,
+            ErrorCode::OverCapacity
+            | ErrorCode::Draining
+            | ErrorCode::StoreUnavailable
+            | ErrorCode::HookUnavailable => 503,
         }
     }
 
@@ -431,6 +443,7 @@ impl ErrorCode {
             ErrorCode::BinaryUnsupported => 1003,
             ErrorCode::PayloadTooLarge => 1009,
             ErrorCode::Internal => 1011,
+            ErrorCode::Draining => 1012,
             ErrorCode::RateLimited
             | ErrorCode::OverCapacity
             | ErrorCode::StoreUnavailable
@@ -689,7 +702,7 @@ mod tests {
         let pids = vec!["a3f0".to_owned()];
         let cursor = Cursor::new(e1.clone(), 19);
         let previous = Cursor::new(e1.clone(), 17);
-        let recorded: [(Bytes, &str); 9] = [
+        let recorded: [(Bytes, &str); 10] = [
             (
                 Downstream::Welcome { heartbeat_ms: 15000, node: "n1", pid: "a3f0", session: "9d1c", transport: "sse" }
                     .encode(),
@@ -731,6 +744,7 @@ mod tests {
                 r#"{"code":"session_unknown","id":null,"message":"gone","type":"error"}"#,
             ),
             (Downstream::Heartbeat.encode(), r#"{"type":"heartbeat"}"#),
+            (Downstream::Reconnect { after_ms: 1500 }.encode(), r#"{"after_ms":1500,"type":"reconnect"}"#),
         ];
         for (encoded, old) in recorded {
             let new: serde_json::Value = serde_json::from_slice(&encoded).unwrap();

@@ -63,6 +63,10 @@ pub struct Settings {
     pub send_buffer_bytes: usize,
     /// How long one write may wait for a client to read before its connection is cut.
     pub write_timeout: Duration,
+    /// Draining (SIGTERM): each client is told to reconnect after a delay drawn at random over this window.
+    pub drain_window: Duration,
+    /// Draining: the process exits within this, in-flight requests finished or not.
+    pub drain_timeout: Duration,
     /// Origins allowed to open WebSockets (empty: any).
     pub allowed_origins: Vec<String>,
     /// Bearer key required by `/v1/publish` and `/v1/presence` (`None`: none required).
@@ -103,6 +107,8 @@ impl Default for Settings {
             max_connections: 100_000,
             send_buffer_bytes: 1 << 20,
             write_timeout: Duration::from_secs(10),
+            drain_window: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
             allowed_origins: Vec::new(),
             api_key: None,
             client_presence: true,

@@ -574,8 +574,8 @@ async fn client_presence_can_be_turned_off() {
 }
 
 #[tokio::test]
-async fn sigterm_closes_live_connections_and_exits() {
-    let mut node = Node::spawn(&[]).await;
+async fn sigterm_drains_live_connections_and_exits() {
+    let mut node = Node::spawn(&["--drain-window-ms", "2000"]).await;
     let mut ws = Ws::connect(&node.ws_url(), "channels=a").await;
     let mut sse = Sse::connect(&node.url, "channels=a", None).await;
     let poller = Poller::open(&node.url, "a").await;
@@ -584,17 +584,28 @@ async fn sigterm_closes_live_connections_and_exits() {
     let poll = tokio::spawn(async move { http().get(format!("{url}/v1/poll?session={session}")).send().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let exited = tokio::task::spawn_blocking(move || node.process().terminate(Duration::from_secs(10)));
+    // WebSocket: a reconnect frame with the delay, then close 1012 (service restart).
+    let mut told = None;
     let close = loop {
         match futures_util::StreamExt::next(&mut ws.stream).await {
+            Some(Ok(WsMessage::Text(t))) => told = Some(serde_json::from_str::<Value>(&t).unwrap()),
             Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| f.code),
             Some(Ok(_)) => continue,
             other => panic!("expected a close frame, got {other:?}"),
         }
     };
-    assert_eq!(close, Some(CloseCode::Away), "WebSockets close with 1001");
+    assert_eq!(close, Some(CloseCode::Restart), "WebSockets close with 1012");
+    let told = told.expect("a final frame");
+    assert_eq!(told["type"], "reconnect");
+    assert!(told["after_ms"].as_u64().unwrap() < 2000, "{told}");
+    // SSE: the same frame as the last event, then the stream ends.
+    assert_eq!(sse.next().await.expect("a reconnect event")["type"], "reconnect");
     assert!(sse.next().await.is_none(), "SSE streams end");
+    // The waiting poll answers with it.
     let answered = poll.await.unwrap().expect("the waiting poll is answered");
     assert_eq!(answered.status(), 200);
+    let body: Value = answered.json().await.unwrap();
+    assert_eq!(body["frames"][0]["type"], "reconnect", "{body}");
     assert!(exited.await.unwrap(), "the process exits cleanly within 10 s");
 }
 

@@ -174,3 +174,46 @@ async fn a_client_that_pings_and_never_reads_is_cut_and_server_memory_stays_boun
     assert!(cut, "the connection was cut");
     assert!(after.saturating_sub(before) < 32 * 1024, "server memory grew by {} KiB", after - before);
 }
+
+/// Draining spreads a node's clients over the drain window instead of sending them all back at once, refuses new
+/// attaches with when to retry, and is not ready from the first moment.
+#[tokio::test]
+async fn a_draining_node_spreads_its_clients_reconnects_over_the_window() {
+    let mut node = Node::spawn(&["--drain-window-ms", "5000", "--drain-timeout-ms", "8000"]).await;
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(Ws::connect(&node.ws_url(), "channels=drain").await);
+    }
+    node.process().signal("TERM");
+    let mut delays = Vec::new();
+    for ws in &mut clients {
+        let frame = ws.next().await.expect("a reconnect frame");
+        assert_eq!(frame["type"], "reconnect", "{frame}");
+        delays.push(frame["after_ms"].as_u64().unwrap());
+    }
+    // The node still answers during the window: not ready, and a new attach is told when to come back.
+    let ready = http().get(format!("{}/readyz", node.url)).send().await.expect("still answering");
+    assert_eq!(ready.status(), 503, "not ready while draining");
+    let refused = http().get(format!("{}/v1/poll?channels=drain", node.url)).send().await.expect("still answering");
+    assert_eq!(refused.status(), 503);
+    let retry: u64 = refused
+        .headers()
+        .get("retry-after")
+        .unwrap_or_else(|| panic!("{:?}", refused.headers()))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry <= 5, "Retry-After within the window: {retry}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "draining");
+    // Spread: ten 500 ms buckets over the 5 s window; none may hold more than a quarter of the clients.
+    let mut buckets = [0usize; 10];
+    for d in &delays {
+        assert!(*d < 5000, "within the window: {d}");
+        buckets[(*d / 500) as usize] += 1;
+    }
+    eprintln!("reconnect delays per 500 ms: {buckets:?}");
+    assert!(buckets.iter().all(|&n| n <= 25), "spread over the window: {buckets:?}");
+    assert!(node.process().exited_within(Duration::from_secs(10)), "exits cleanly within the drain timeout");
+}

@@ -39,6 +39,7 @@ export type ServerErrorCode =
   | "rate_limited"
   | "internal"
   | "over_capacity"
+  | "draining"
   /** The application's hook failed or timed out: nothing was done. */
   | "hook_unavailable"
   | "store_unavailable";
@@ -151,7 +152,13 @@ export interface HeartbeatFrame {
   type: "heartbeat";
 }
 /** Server to client. */
-export type DownstreamFrame = WelcomeFrame | MessageFrame | GapFrame | AckFrame | ErrorFrame | HeartbeatFrame;
+/** The node is draining: the connection ends; the client reconnects after `after_ms`. */
+export interface ReconnectFrame {
+  type: "reconnect";
+  after_ms: number;
+}
+
+export type DownstreamFrame = WelcomeFrame | MessageFrame | GapFrame | AckFrame | ErrorFrame | HeartbeatFrame | ReconnectFrame;
 
 // ---- ack results -------------------------------------------------------------------------------------------------
 

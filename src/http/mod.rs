@@ -23,10 +23,12 @@ use crate::store::Store;
 /// Every route of one node: the transports, `/v1/send`, `/v1/negotiate`, the backend API and the web files.
 pub(crate) fn router<S: Store>(gateway: Gateway<S>, settings: &Settings, lifecycle: Lifecycle) -> Router {
     let internal = gateway.refuse(Refusal::Internal);
+    let lifecycle_drain = lifecycle.drain.clone();
     // CORS for the client endpoints only, from the same list as the WebSocket Origin check; the backend API
     // (`/v1/publish`, `/v1/presence`) is for servers and answers no browser page.
     let clients = stickless_transports::router(gateway.clone(), settings.transport(), lifecycle).layer(cors(settings));
-    let mut router = clients.merge(api::router(gateway.clone(), settings)).merge(probes::router(gateway));
+    let probes = probes::router(gateway.clone(), lifecycle_drain);
+    let mut router = clients.merge(api::router(gateway, settings)).merge(probes);
     router = match &settings.web {
         WebFiles::Off => router,
         WebFiles::Embedded => router.fallback(web::embedded),
@@ -50,24 +52,41 @@ fn cors(settings: &Settings) -> CorsLayer {
         .expose_headers([header::RETRY_AFTER])
 }
 
-/// Serves `app` until SIGINT/SIGTERM or until `lifecycle.shutdown` is cancelled, then ends live connections
-/// and waits (at most 5 s) for them.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router, lifecycle: Lifecycle) -> std::io::Result<()> {
-    let token = lifecycle.shutdown.clone();
-    tokio::spawn({
-        let token = token.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown_signal() => tracing::info!("shutting down: closing live connections"),
-                _ = token.cancelled() => {}
-            }
-            token.cancel();
+/// Serves `app` until SIGINT/SIGTERM (or `lifecycle.drain`), then drains: `/readyz` turns 503, new attaches are
+/// refused, every connection is told when to reconnect and ends; then the server stops, letting in-flight
+/// requests finish, and this returns within `drain_timeout` of the signal.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    lifecycle: Lifecycle,
+    (drain_window, drain_timeout): (Duration, Duration),
+) -> std::io::Result<()> {
+    let (drain, shutdown) = (lifecycle.drain.clone(), lifecycle.shutdown.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = drain.cancelled() => {}
+            _ = shutdown.cancelled() => return,
         }
+        tracing::info!("draining: every client is told when to reconnect; exiting within {drain_timeout:?}");
+        drain.cancel();
+        // Told connections end at once. The node keeps answering for the drain window (at most half the drain
+        // timeout): load balancers see /readyz 503 and clients that still arrive get 503 `draining` with when to
+        // come back, rather than a refused connection. Then it stops accepting and finishes what is in flight.
+        tokio::time::sleep(drain_window.min(drain_timeout / 2)).await;
+        shutdown.cancel();
     });
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await?;
+    let stopped = lifecycle.shutdown.clone();
+    let served = axum::serve(listener, app).with_graceful_shutdown(stopped.clone().cancelled_owned());
+    tokio::select! {
+        result = served => result?,
+        _ = async { stopped.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
+            tracing::warn!("drain timeout: exiting with requests still in flight");
+        }
+    }
     lifecycle.tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), lifecycle.tasks.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5).min(drain_timeout), lifecycle.tasks.wait()).await;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! The operator's endpoints: `/healthz` (the process serves), `/readyz` (this node can serve clients: the store
-//! answers and live delivery works, checked at most once a second), and `/metrics` (Prometheus text).
+//! The operator's endpoints: `/healthz` (the process serves), `/readyz` (this node can serve clients: not
+//! draining, the store answers and live delivery works, checked at most once a second), and `/metrics`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::gateway::Gateway;
@@ -19,11 +20,13 @@ const READY_FOR: Duration = Duration::from_secs(1);
 
 struct Probes<S> {
     gateway: Gateway<S>,
+    /// Cancelled when the node drains: not ready from that moment.
+    drain: CancellationToken,
     last: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
-pub(super) fn router<S: Store>(gateway: Gateway<S>) -> Router {
-    let probes = Arc::new(Probes { gateway, last: Mutex::new(None) });
+pub(super) fn router<S: Store>(gateway: Gateway<S>, drain: CancellationToken) -> Router {
+    let probes = Arc::new(Probes { gateway, drain, last: Mutex::new(None) });
     Router::new()
         .route("/healthz", get(|| async { json(StatusCode::OK, r#"{"status":"ok"}"#.into()) }))
         .route("/readyz", get(ready::<S>))
@@ -32,6 +35,9 @@ pub(super) fn router<S: Store>(gateway: Gateway<S>) -> Router {
 }
 
 async fn ready<S: Store>(State(probes): State<Arc<Probes<S>>>) -> Response {
+    if probes.drain.is_cancelled() {
+        return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#.into());
+    }
     let cached = probes.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let result = match cached {
         Some((at, result)) if at.elapsed() < READY_FOR => result,

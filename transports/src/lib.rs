@@ -105,6 +105,7 @@ pub struct Shared<P> {
     port: P,
     config: Arc<TransportConfig>,
     connections: Arc<Semaphore>,
+    drain: CancellationToken,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -115,6 +116,7 @@ impl<P: Clone> Clone for Shared<P> {
             port: self.port.clone(),
             config: self.config.clone(),
             connections: self.connections.clone(),
+            drain: self.drain.clone(),
             shutdown: self.shutdown.clone(),
             tasks: self.tasks.clone(),
         }
@@ -122,15 +124,21 @@ impl<P: Clone> Clone for Shared<P> {
 }
 
 impl<P: Port> Shared<P> {
-    /// Takes a slot for one live connection, held for as long as the connection is open.
+    /// Takes a slot for one live connection, held for as long as the connection is open; none while draining.
     fn admit(&self) -> Result<OwnedSemaphorePermit, Rejection> {
+        if self.drain.is_cancelled() {
+            return Err(self.port.refuse(Refusal::Draining));
+        }
         self.connections.clone().try_acquire_owned().map_err(|_| self.port.refuse(Refusal::OverCapacity))
     }
 }
 
-/// Handles that let the server end live connections on shutdown and wait for them.
+/// Handles that let the server drain and end live connections, and wait for them.
 #[derive(Clone, Default)]
 pub struct Lifecycle {
+    /// Cancelled when the node starts draining: new attaches are refused, and every connection is told to
+    /// reconnect after a random delay (a `reconnect` frame) and ends.
+    pub drain: CancellationToken,
     /// Cancelled on shutdown: SSE streams end, polls return, WebSockets close with 1001.
     pub shutdown: CancellationToken,
     /// Tracks upgraded WebSocket tasks, which the HTTP server does not wait for.
@@ -143,6 +151,7 @@ pub fn router<P: Port>(port: P, config: TransportConfig, lifecycle: Lifecycle) -
         port,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         config: Arc::new(config),
+        drain: lifecycle.drain,
         shutdown: lifecycle.shutdown,
         tasks: lifecycle.tasks,
     };

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 
-use crate::{json_response, AttachParams, Port, Shared, Transport};
+use crate::{json_response, AttachParams, Ending, Outbound, Port, Shared, Transport};
+
+const DRAINING: Ending = Ending { close_code: 1012, reason: "draining" };
 
 pub(crate) async fn poll<P: Port>(State(shared): State<Shared<P>>, params: AttachParams) -> Response {
     let _permit = match shared.admit() {
@@ -29,6 +31,8 @@ pub(crate) async fn poll<P: Port>(State(shared): State<Shared<P>>, params: Attac
         let first = tokio::select! {
             item = feed.next() => item,
             _ = tokio::time::sleep(shared.config.poll_timeout) => None,
+            // A draining node answers a waiting poll with when to come back.
+            _ = shared.drain.cancelled() => Some(Outbound { frame: shared.port.reconnect().0, position: None, end: Some(DRAINING) }),
             _ = shared.shutdown.cancelled() => None,
         };
         let mut next = first;

@@ -95,6 +95,8 @@ pub enum Refusal {
     TransportDisabled(Transport),
     /// This node's live-connection limit is reached.
     OverCapacity,
+    /// This node is draining: attach elsewhere.
+    Draining,
     /// The query string does not parse.
     BadQuery(String),
     /// A body that could not be read.
@@ -139,4 +141,8 @@ pub trait Port: Clone + Send + Sync + 'static {
 
     /// Words a refusal of the transports' own.
     fn refuse(&self, refusal: Refusal) -> Rejection;
+
+    /// The `reconnect` frame a draining node sends each connection, with the delay (random over the drain
+    /// window) it names.
+    fn reconnect(&self) -> (Bytes, Duration);
 }

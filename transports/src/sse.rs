@@ -52,6 +52,7 @@ pub(crate) async fn attach<P: Port>(
     let heartbeat = shared.config.heartbeat;
     let padding = padding(PADDING);
     let shutdown = shared.shutdown.clone();
+    let (drain, port) = (shared.drain.clone(), shared.port.clone());
     let session = attached.session;
     let mut feed = attached.feed;
     // The welcome carries an id too, so a reconnect before the first message still resumes this session.
@@ -75,6 +76,13 @@ pub(crate) async fn attach<P: Port>(
                     None => break,
                 },
                 _ = ticks.tick() => yield Ok(Bytes::from_static(b": hb\n\n")),
+                _ = drain.cancelled() => {
+                    // `retry:` makes a browser's own EventSource wait the drawn delay; the frame tells our client.
+                    let (frame, after) = port.reconnect();
+                    yield Ok(Bytes::from(format!("retry: {}\n\n", after.as_millis())));
+                    yield Ok(event(None, &frame));
+                    break;
+                }
                 _ = shutdown.cancelled() => break,
             }
         }

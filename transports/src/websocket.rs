@@ -20,6 +20,7 @@ mod close {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    pub const RESTART: u16 = 1012;
 }
 
 pub(crate) async fn attach<P: Port>(
@@ -96,6 +97,12 @@ async fn run<P: Port>(
                 Ok(()) => send(&mut socket, text(shared.port.heartbeat()), limit).await,
                 Err(cut) => Err(cut),
             },
+            _ = shared.drain.cancelled() => {
+                // 1012 "service restart": the final frame says when to come back.
+                let (frame, _) = shared.port.reconnect();
+                let _ = send(&mut socket, text(frame), limit).await;
+                break Some((close::RESTART, "draining"));
+            }
             _ = shared.shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
         };
         if sent.is_err() {

@@ -458,6 +458,14 @@ export class Stickless {
         if (this._advance(f)) this._emit("gap", { ...f, transport: conn.name });
         return;
       }
+      case "reconnect": {
+        // The node is draining: come back after the delay it drew (spreading its clients over its window), to
+        // whichever node the balancer picks, with our session and position.
+        const after = Number.isFinite(f.after_ms) && f.after_ms >= 0 ? f.after_ms : null;
+        this._reconnectAfterMs = after;
+        this._connectionLost(conn, new StickError("draining", `the node is draining: reconnecting in ${after ?? "a moment"} ms`));
+        return;
+      }
       case "ack":
         this._onAnswer(f);
         return;
@@ -682,7 +690,12 @@ export class Stickless {
     this._running = true;
     const previous = this.transport;
     try {
-      if (reconnect) await this._sleep(this._backoff());
+      if (reconnect) {
+        // A draining node said when to come back: that, not our backoff (it is not a failure).
+        const told = this._reconnectAfterMs;
+        this._reconnectAfterMs = null;
+        await this._sleep(told ?? this._backoff());
+      }
       while (!this._closed && !this._conn) {
         const failures = [];
         let refusal = null; // refused for who the client is or how often: another transport would fare no better
