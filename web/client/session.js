@@ -19,6 +19,8 @@ const TRANSPORTS = new Map([websocket, sse, longPolling].map((t) => [t.name, t])
 const STORAGE_KEY = "stickless.transport";
 const MAX_BACKOFF_MS = 10000;
 const BASE_BACKOFF_MS = 250;
+/** How often a frame answered `store_unavailable` (outcome unknown) is sent again, with the same id. */
+const MAX_UNKNOWN_RETRIES = 6;
 /** Attach refusals no other transport would fare better with: they are about who the client is, or how often. */
 const REFUSALS = new Set(["token_expired", "token_invalid", "forbidden", "rate_limited"]);
 /** The refusal a bare HTTP status stands for, when a runtime tells only the status (Node's `ws`, `eventsource`). */
@@ -394,6 +396,12 @@ export class Stickless {
         if (!p) return;
         if (f.code === "rate_limited") {
           this._holdBack(p); // over the session's rate: the same frame (same id) goes again later
+          return;
+        }
+        if (f.code === "store_unavailable" && (p.holds || 0) < MAX_UNKNOWN_RETRIES) {
+          // Outcome unknown (it may be stored): the same frame, same id, again later; the server stores it once
+          // and answers where.
+          this._holdBack(p);
           return;
         }
         this._pending.delete(f.id);
