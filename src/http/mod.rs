@@ -14,7 +14,7 @@ use stickless_transports::{Lifecycle, Port, Refusal};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::gateway::Gateway;
 use crate::settings::{Settings, WebFiles};
@@ -34,7 +34,10 @@ pub(crate) fn router<S: Store>(gateway: Gateway<S>, settings: &Settings, lifecyc
         WebFiles::Embedded => router.fallback(web::embedded),
         WebFiles::Dir(dir) => router.fallback_service(ServeDir::new(dir)),
     };
-    router.layer(CatchPanicLayer::custom(move |_| internal.clone().into_response())).layer(TraceLayer::new_for_http())
+    // A 503 is an answer (not ready, draining, store unavailable) counted in /metrics, not an ERROR line per
+    // health check.
+    let trace = TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG));
+    router.layer(CatchPanicLayer::custom(move |_| internal.clone().into_response())).layer(trace)
 }
 
 fn cors(settings: &Settings) -> CorsLayer {
@@ -79,9 +82,11 @@ pub async fn serve(
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let stopped = lifecycle.shutdown.clone();
     let served = axum::serve(listener, app).with_graceful_shutdown(stopped.clone().cancelled_owned());
+    // The drain's timeout counts from the signal: what the window took is not given again.
+    let left = drain_timeout.saturating_sub(drain_window.min(drain_timeout / 2));
     tokio::select! {
         result = served => result?,
-        _ = async { stopped.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
+        _ = async { stopped.cancelled().await; tokio::time::sleep(left).await } => {
             tracing::warn!("drain timeout: exiting with requests still in flight");
         }
     }
