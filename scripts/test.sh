@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole stickless test suite on a fresh Debian machine: installs what it needs (redis-server, nginx,
-# chromium, node packages), builds once, then runs the Rust tests, the Node client tests and the browser tests,
+# haproxy, chromium, node packages), builds once, then runs the Rust tests, the Node client tests and the browser tests,
 # and prints one summary line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v nginx >/dev/null || missing+=(nginx)
+command -v haproxy >/dev/null || missing+=(haproxy)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
