@@ -20,10 +20,16 @@ for (const transport of ["websocket", "long-polling"]) {
       await client.subscribe("unknown");
       redis.proc.kill("SIGSTOP");
       // Answered store_unavailable after the gateway's 3 s command timeout; Redis wakes after 4 s and runs it.
+      const started = Date.now();
       const published = client.publish("unknown", { n: 1 });
       setTimeout(() => redis.proc.kill("SIGCONT"), 4000);
       const stored = await published;
-      assert.ok(errors.includes("store_unavailable"), `the first answer was store_unavailable: ${errors}`);
+      const took = Date.now() - started;
+      assert.ok(took >= 3900, `acknowledged only once Redis was back (${took} ms): the first answer was a 503`);
+      if (transport === "websocket") {
+        // Over /v1/send the session load itself may time out first: a 503 the client retries without an event.
+        assert.ok(errors.includes("store_unavailable"), `the first answer was store_unavailable: ${errors}`);
+      }
       const history = await fetch(`${gw.url}/v1/publish`, {
         method: "POST",
         body: JSON.stringify({ channel: "unknown", data: { n: 2 } }),
