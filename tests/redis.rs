@@ -306,6 +306,12 @@ async fn through_sentinel_nodes_follow_a_failover_and_clients_resume_without_los
     let mut master = Redis::start(&[]).await;
     let master_port = master.port.to_string();
     let replica = Redis::start(&["--replicaof", "127.0.0.1", &master_port]).await;
+    // The replica's first sync forks the master; under a loaded machine it can take seconds.
+    let synced = std::time::Instant::now() + Duration::from_secs(30);
+    while !replica.cli(&["INFO", "replication"]).is_some_and(|i| i.contains("master_link_status:up")) {
+        assert!(std::time::Instant::now() < synced, "the replica did not sync within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let sentinel = Sentinel::start(master.port).await;
     let nodes = nodes(&sentinel.url(), 2, &[]).await;
     let urls = [nodes[0].url.clone(), nodes[1].url.clone()];
@@ -325,7 +331,7 @@ async fn through_sentinel_nodes_follow_a_failover_and_clients_resume_without_los
     }
     got.assert_exactly(1, 50);
     // Everything acknowledged so far is on the replica before the master dies.
-    assert!(master.cli(&["WAIT", "1", "5000"]).unwrap().trim() == "1");
+    assert!(master.cli(&["WAIT", "1", "15000"]).unwrap().trim() == "1");
     master.stop();
 
     // Publishes fail (503) until the sentinel has promoted the replica and the nodes have followed it.
