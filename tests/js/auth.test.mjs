@@ -14,7 +14,7 @@ import { WebSocket } from "ws";
 import { EventSource } from "eventsource";
 import { Stickless, StickError } from "../../web/stickless.js";
 import { refreshDelay, tokenExpiry } from "../../web/client/token.js";
-import { REPO, startGateway, makeTempDir, publish, waitFor, sleep } from "./harness.mjs";
+import { REPO, startGateway, makeTempDir, publish, waitFor, sleep, uniq } from "./harness.mjs";
 
 const TRANSPORTS = ["websocket", "sse", "long-polling"];
 const SECRET = "stickless-client-auth-test-secret-0123456789";
@@ -42,9 +42,6 @@ function newClient(options) {
   return c;
 }
 
-function uniq(prefix) {
-  return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-}
 
 /** Records the `message` events of one channel, and the `error` and `token` events. */
 function observe(client, channel) {

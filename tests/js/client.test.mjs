@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { WebSocket } from "ws";
 import { EventSource } from "eventsource";
 import { Stickless } from "../../web/stickless.js";
-import { startGateway, startNginx, startTcpProxy, freePort, publish, waitFor, getJson, postJson, sleep } from "./harness.mjs";
+import { startGateway, startNginx, startTcpProxy, freePort, publish, waitFor, getJson, postJson, sleep, uniq } from "./harness.mjs";
 
 const TRANSPORTS = ["websocket", "sse", "long-polling"];
 const impls = { WebSocket, EventSource, fetch: globalThis.fetch };
@@ -25,9 +25,6 @@ function newClient(url, options = {}) {
   return c;
 }
 
-function uniq(prefix) {
-  return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-}
 
 /** Records every `message` event of one channel. */
 function collect(client, channel) {

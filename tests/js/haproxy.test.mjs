@@ -12,7 +12,7 @@ import { createServer as createHttpServer, get as httpGet } from "node:http";
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import WebSocket from "ws";
-import { startRedis, startGateway, publish, getJson, postJson, sleep, waitFor, freePort, makeTempDir } from "./harness.mjs";
+import { startRedis, startGateway, publish, getJson, postJson, sleep, waitFor, freePort, makeTempDir, uniq, tally } from "./harness.mjs";
 import { HAPROXY_CFG, startHaproxy, haproxyTimeouts } from "./haproxy.mjs";
 
 const COUNT = 300;
@@ -102,15 +102,7 @@ after(async () => {
   await hook?.stop();
 });
 
-function uniq(prefix) {
-  return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-}
 
-function tally(nodes) {
-  const t = {};
-  for (const n of nodes) t[n] = (t[n] || 0) + 1;
-  return t;
-}
 
 // --- long-polling, as tests/js/nginx.test.mjs drives it ------------------------------------------------------
 

@@ -462,3 +462,15 @@ export async function getJson(url, init) {
 export async function postJson(url, payload, headers = {}) {
   return getJson(url, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(payload) });
 }
+
+/** A name no other test run uses: `prefix-<time>-<random>`. */
+export function uniq(prefix) {
+  return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/** How many times each value occurs: {node: count}. */
+export function tally(values) {
+  const t = {};
+  for (const v of values) t[v] = (t[v] || 0) + 1;
+  return t;
+}

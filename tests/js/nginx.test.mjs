@@ -6,7 +6,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startRedisNodes, startBalancer, publish, getJson, postJson, sleep } from "./harness.mjs";
+import { startRedisNodes, startBalancer, publish, getJson, postJson, sleep, uniq, tally } from "./harness.mjs";
 
 const COUNT = 300;
 // Short poll hold: after the last message, one more poll must come back empty (nothing delivered twice) quickly.
@@ -28,9 +28,6 @@ after(async () => {
   await cluster?.stop();
 });
 
-function uniq(prefix) {
-  return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-}
 
 /** GET /v1/poll through `base`; resolves with the answer {node, session, position, frames}. */
 async function poll(base, query) {
@@ -109,11 +106,6 @@ function assertExactlyOnceInOrder(messages) {
   assert.equal(new Set(messages.map((m) => m.epoch)).size, 1, "one epoch throughout");
 }
 
-function tally(nodes) {
-  const t = {};
-  for (const n of nodes) t[n] = (t[n] || 0) + 1;
-  return t;
-}
 
 test(`round-robin: ${COUNT} messages exactly once in order, polls served by both nodes`, async () => {
   const { messages, polls } = await longPollRun(proxies["round-robin"].url);

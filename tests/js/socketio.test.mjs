@@ -23,7 +23,7 @@ import { io as ioClient } from "socket.io-client";
 import { WebSocket } from "ws";
 import { EventSource } from "eventsource";
 import { Stickless } from "../../web/stickless.js";
-import { REPO, startRedis, startRedisNodes, startProcess, startBalancer, startNginx, freePort, publish, waitFor, getJson, postJson, sleep } from "./harness.mjs";
+import { REPO, startRedis, startRedisNodes, startProcess, startBalancer, startNginx, freePort, publish, waitFor, getJson, postJson, sleep, uniq, tally } from "./harness.mjs";
 
 const COUNT = 200;
 const SESSION_ID_UNKNOWN = '{"code":1,"message":"Session ID unknown"}';
@@ -94,15 +94,7 @@ after(async () => {
   for (const p of started.splice(0).reverse()) await p.stop();
 });
 
-function uniq(prefix) {
-  return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-}
 
-function tally(nodes) {
-  const t = {};
-  for (const n of nodes) t[n] = (t[n] || 0) + 1;
-  return t;
-}
 
 // ---- Socket.IO ------------------------------------------------------------------------------------------------
 
