@@ -9,6 +9,7 @@ use axum::Router;
 use stickless_transports::Lifecycle;
 
 use crate::gateway::Gateway;
+use crate::http::ServeSettings;
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -48,10 +49,14 @@ impl Builder {
     pub async fn build(self) -> Result<(Router, Handle), BuildError> {
         let settings = self.settings.sane();
         let node = settings.node_id.clone().unwrap_or_else(|| format!("node-{}", crate::model::random_hex(2)));
-        let handle = Handle { lifecycle: Lifecycle::default(), node: node.clone() };
         // One set of limiters for the node: the gateway's, and the store's for the channels it creates.
         let limits = Limits::new(&settings.limits);
         let metrics = Metrics::new();
+        let handle = Handle {
+            lifecycle: Lifecycle::default(),
+            node: node.clone(),
+            serving: Arc::new((ServeSettings::of(&settings), limits.clone(), metrics.clone())),
+        };
         let router = match &settings.redis_url {
             None => {
                 let hub = Hub::local();
@@ -98,12 +103,22 @@ fn assemble<S: Store>(
 pub struct Handle {
     lifecycle: Lifecycle,
     node: String,
+    serving: Arc<(ServeSettings, Limits, Metrics)>,
 }
 
 impl Handle {
     /// The node's name, as clients see it.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Serves `router` (this node's, or an application's that merged it) on `listener` as the `stickless`
+    /// binary does: TCP connection caps per node and per client address, header and write deadlines, and the
+    /// drain once [`Handle::drain`] is called (the binary calls it on SIGTERM or SIGINT). Returns once drained,
+    /// within the drain timeout.
+    pub async fn serve(self, listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+        let (settings, limits, metrics) = (*self.serving).clone();
+        crate::http::serve(listener, router, self.lifecycle, settings, (limits, metrics)).await
     }
 
     /// Starts draining: `/readyz` turns 503, new attaches get 503 `draining`, and every connection is told to
@@ -127,9 +142,5 @@ impl Handle {
     pub async fn finished(&self, limit: Duration) {
         self.lifecycle.tasks.close();
         let _ = tokio::time::timeout(limit, self.lifecycle.tasks.wait()).await;
-    }
-
-    pub(crate) fn lifecycle(&self) -> Lifecycle {
-        self.lifecycle.clone()
     }
 }

@@ -102,6 +102,24 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_WRITE_TIMEOUT_MS", default_value_t = defaults().write_timeout.as_millis() as u64)]
     pub write_timeout_ms: u64,
 
+    /// Milliseconds a client may take to send a request's headers (also how long a keep-alive connection may
+    /// sit idle between requests).
+    #[arg(long, env = "STICKLESS_HEADER_TIMEOUT_MS", default_value_t = defaults().header_timeout.as_millis() as u64)]
+    pub header_timeout_ms: u64,
+
+    /// Milliseconds a client may take to send a whole request body.
+    #[arg(long, env = "STICKLESS_BODY_TIMEOUT_MS", default_value_t = defaults().body_timeout.as_millis() as u64)]
+    pub body_timeout_ms: u64,
+
+    /// Most TCP connections open at once on this node, idle ones included (default: the open-file limit, raised
+    /// to the hard limit, less 128).
+    #[arg(long, env = "STICKLESS_MAX_TCP_CONNECTIONS")]
+    pub max_tcp_connections: Option<usize>,
+
+    /// Most TCP connections one client address may hold open (0: no cap; trusted proxies are not capped).
+    #[arg(long, env = "STICKLESS_CONNECTIONS_PER_IP", default_value_t = defaults().limits.connections_per_ip)]
+    pub connections_per_ip: u32,
+
     /// Milliseconds over which a draining node (SIGTERM) spreads its clients' reconnects.
     #[arg(long, env = "STICKLESS_DRAIN_WINDOW_MS", default_value_t = defaults().drain_window.as_millis() as u64)]
     pub drain_window_ms: u64,
@@ -272,6 +290,10 @@ impl Config {
             "allowed_origins" => |s: &mut Settings| s.allowed_origins = self.allowed_origins.clone();
             "send_buffer_bytes" => |s: &mut Settings| s.send_buffer_bytes = self.send_buffer_bytes;
             "write_timeout_ms" => |s: &mut Settings| s.write_timeout = Duration::from_millis(self.write_timeout_ms);
+            "header_timeout_ms" => |s: &mut Settings| s.header_timeout = Duration::from_millis(self.header_timeout_ms);
+            "body_timeout_ms" => |s: &mut Settings| s.body_timeout = Duration::from_millis(self.body_timeout_ms);
+            "max_tcp_connections" => |s: &mut Settings| s.max_tcp_connections = self.max_tcp_connections;
+            "connections_per_ip" => |s: &mut Settings| s.limits.connections_per_ip = self.connections_per_ip;
             "drain_window_ms" => |s: &mut Settings| s.drain_window = Duration::from_millis(self.drain_window_ms);
             "drain_timeout_ms" => |s: &mut Settings| s.drain_timeout = Duration::from_millis(self.drain_timeout_ms);
             "api_key" => |s: &mut Settings| s.api_key = self.api_key.clone();
@@ -313,6 +335,9 @@ struct File {
     allowed_origins: Option<Vec<String>>,
     send_buffer_bytes: Option<usize>,
     write_timeout_ms: Option<u64>,
+    header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
+    max_tcp_connections: Option<usize>,
     drain_window_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     api_key: Option<String>,
@@ -357,6 +382,7 @@ struct FileLimits {
     sessions_per_ip_per_second: Option<u32>,
     channels_per_second: Option<u32>,
     channels_per_ip_per_second: Option<u32>,
+    connections_per_ip: Option<u32>,
     trusted_proxies: Option<Vec<IpAddr>>,
     max_channels: Option<usize>,
     max_bytes: Option<usize>,
@@ -411,6 +437,9 @@ impl File {
         set(&mut s.allowed_origins, self.allowed_origins);
         set(&mut s.send_buffer_bytes, self.send_buffer_bytes);
         set(&mut s.write_timeout, millis(self.write_timeout_ms));
+        set(&mut s.header_timeout, millis(self.header_timeout_ms));
+        set(&mut s.body_timeout, millis(self.body_timeout_ms));
+        set(&mut s.max_tcp_connections, self.max_tcp_connections.map(Some));
         set(&mut s.drain_window, millis(self.drain_window_ms));
         set(&mut s.drain_timeout, millis(self.drain_timeout_ms));
         set(&mut s.api_key, self.api_key.map(Some));
@@ -431,6 +460,7 @@ impl File {
         set(&mut s.limits.sessions_per_ip_per_second, self.limits.sessions_per_ip_per_second);
         set(&mut s.limits.channels_per_second, self.limits.channels_per_second);
         set(&mut s.limits.channels_per_ip_per_second, self.limits.channels_per_ip_per_second);
+        set(&mut s.limits.connections_per_ip, self.limits.connections_per_ip);
         set(&mut s.limits.trusted_proxies, self.limits.trusted_proxies);
         set(&mut s.limits.max_channels, self.limits.max_channels);
         set(&mut s.limits.max_bytes, self.limits.max_bytes);

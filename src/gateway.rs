@@ -502,6 +502,10 @@ impl<S: Store> Port for Gateway<S> {
         self.refused(err).rejection()
     }
 
+    fn slow_consumer_cut(&self) {
+        self.0.metrics.slow_consumer_cut();
+    }
+
     fn reconnect(&self) -> (Bytes, Duration) {
         let after = self.drain_delay();
         (Downstream::Reconnect { after_ms: after.as_millis() as u64 }.encode(), after)

@@ -35,10 +35,14 @@ pub use settings::{Settings, WebFiles};
 /// Runs a node with the command line's `config` on `listener` until SIGINT/SIGTERM.
 pub async fn run(config: Config, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     let settings = config.settings().map_err(anyhow::Error::msg)?;
-    let drain = (settings.drain_window, settings.drain_timeout);
     let (router, handle) = Builder::new().settings(settings).build().await?;
     let store = if config.redis_url.is_some() { "Redis" } else { "the embedded in-memory store" };
     tracing::info!(node = handle.node(), addr = %listener.local_addr()?, "serving on {store}");
-    http::serve(listener, router, handle.lifecycle(), drain).await?;
+    let draining = handle.clone();
+    tokio::spawn(async move {
+        http::shutdown_signal().await;
+        draining.drain();
+    });
+    handle.serve(listener, router).await?;
     Ok(())
 }

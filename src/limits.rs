@@ -40,6 +40,9 @@ pub struct LimitSettings {
     /// Channels the sessions of one client IP may make this node create per second, so that one address
     /// cannot spend the node's whole `channels_per_second`.
     pub channels_per_ip_per_second: u32,
+    /// TCP connections one client address may hold open at once (idle keep-alive ones included); a trusted
+    /// proxy's are not capped.
+    pub connections_per_ip: u32,
     /// Proxies whose `X-Forwarded-For` names the client; from anyone else it is ignored.
     pub trusted_proxies: Vec<IpAddr>,
     /// The embedded store's most channels.
@@ -56,6 +59,7 @@ impl Default for LimitSettings {
             sessions_per_ip_per_second: 20,
             channels_per_second: 1000,
             channels_per_ip_per_second: 20,
+            connections_per_ip: 1000,
             trusted_proxies: Vec::new(),
             max_channels: 100_000,
             max_bytes: 256 << 20,
@@ -72,6 +76,7 @@ impl LimitSettings {
             sessions_per_ip_per_second: 0,
             channels_per_second: 0,
             channels_per_ip_per_second: 0,
+            connections_per_ip: 0,
             trusted_proxies: Vec::new(),
             max_channels: 0,
             max_bytes: 0,
@@ -96,6 +101,10 @@ pub struct Refusals {
     pub channels: u64,
     /// A new channel while the embedded store holds `max_channels`.
     pub max_channels: u64,
+    /// A TCP connection over the node's cap.
+    pub connections: u64,
+    /// A TCP connection over its client address's `connections_per_ip`.
+    pub connections_per_ip: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -105,10 +114,12 @@ enum Reason {
     Sessions,
     Channels,
     MaxChannels,
+    Connections,
+    ConnectionsPerIp,
 }
 
 #[derive(Default)]
-struct Counters([AtomicU64; 5]);
+struct Counters([AtomicU64; 7]);
 
 impl Counters {
     fn add(&self, reason: Reason) {
@@ -116,8 +127,9 @@ impl Counters {
     }
 
     fn get(&self) -> Refusals {
-        let [frames, bytes, sessions, channels, max_channels] = self.0.each_ref().map(|c| c.load(Ordering::Relaxed));
-        Refusals { frames, bytes, sessions, channels, max_channels }
+        let [frames, bytes, sessions, channels, max_channels, connections, connections_per_ip] =
+            self.0.each_ref().map(|c| c.load(Ordering::Relaxed));
+        Refusals { frames, bytes, sessions, channels, max_channels, connections, connections_per_ip }
     }
 }
 
@@ -199,7 +211,7 @@ impl<C: Clock> Limits<C> {
     /// ignored, so nobody picks their own rate-limit bucket.
     pub fn client_ip(&self, peer: Option<IpAddr>, forwarded_for: Option<&str>) -> Option<IpAddr> {
         let peer = peer.map(|ip| ip.to_canonical());
-        let trusted = |ip: &IpAddr| self.0.settings.trusted_proxies.iter().any(|p| p.to_canonical() == *ip);
+        let trusted = |ip: &IpAddr| self.is_trusted_proxy(*ip);
         let (Some(proxy), Some(header)) = (peer, forwarded_for) else { return peer };
         if !trusted(&proxy) {
             return peer;
@@ -212,6 +224,18 @@ impl<C: Clock> Limits<C> {
             }
         }
         peer
+    }
+
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.settings.trusted_proxies.iter().any(|p| p.to_canonical() == ip)
+    }
+
+    /// Counts a TCP connection refused over the node's cap, or (`per_ip`) over its address's.
+    pub fn refused_connection(&self, per_ip: bool) {
+        self.0.refused.add(if per_ip { Reason::ConnectionsPerIp } else { Reason::Connections });
+        self.housekeeping();
     }
 
     /// A new session from `ip` (a client whose address is unknown is not limited: there is no bucket to put
@@ -318,6 +342,8 @@ impl<C: Clock> Limits<C> {
                 sessions = counts.sessions - reported.sessions,
                 channels = counts.channels - reported.channels,
                 max_channels = counts.max_channels - reported.max_channels,
+                connections = counts.connections - reported.connections,
+                connections_per_ip = counts.connections_per_ip - reported.connections_per_ip,
                 "requests refused over rate limits and quotas since the last report"
             );
             *reported = counts;

@@ -58,6 +58,7 @@ struct Inner {
     refusals: Family<Reason, Counter>,
     store_latency: Histogram,
     store_errors: Counter,
+    slow_consumers: Counter,
     ready: Gauge,
 }
 
@@ -96,6 +97,12 @@ impl Metrics {
         registry.register("store_round_trip_seconds", "Redis round trips (scripts, pipelines)", store_latency.clone());
         registry.register("store_errors", "Redis commands that failed or timed out", store_errors.clone());
         registry.register("ready", "1 when /readyz answers 200", ready.clone());
+        let slow_consumers = Counter::default();
+        registry.register(
+            "slow_consumers_cut",
+            "Connections cut because a write waited write_timeout for the client to read",
+            slow_consumers.clone(),
+        );
         let published_client = published.get_or_create(&Source { source: "client".into() }).clone();
         let published_backend = published.get_or_create(&Source { source: "backend".into() }).clone();
         Metrics(Arc::new(Inner {
@@ -111,6 +118,7 @@ impl Metrics {
             refusals,
             store_latency,
             store_errors,
+            slow_consumers,
             ready,
         }))
     }
@@ -120,6 +128,11 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.0.registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// A connection cut because the client read nothing while a write waited `write_timeout`.
+    pub fn slow_consumer_cut(&self) {
+        self.0.slow_consumers.inc();
     }
 
     /// A connection opened on `transport`; the gauge goes down when the guard drops.

@@ -322,6 +322,7 @@ pub enum ErrorCode {
     SessionUnknown,
     TransportDisabled,
     PayloadTooLarge,
+    RequestTimeout,
     RateLimited,
     OverCapacity,
     Draining,
@@ -331,7 +332,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidFrame,
         ErrorCode::UnknownType,
@@ -347,6 +348,7 @@ impl ErrorCode {
         ErrorCode::SessionUnknown,
         ErrorCode::TransportDisabled,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::RateLimited,
         ErrorCode::OverCapacity,
         ErrorCode::Draining,
@@ -373,6 +375,7 @@ impl ErrorCode {
             ErrorCode::SessionUnknown => "session_unknown",
             ErrorCode::TransportDisabled => "transport_disabled",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::HookUnavailable => "hook_unavailable",
             ErrorCode::OverCapacity => "over_capacity",
@@ -400,6 +403,7 @@ impl ErrorCode {
             ErrorCode::SessionUnknown => "unknown or expired session; create a new one and re-subscribe with `since`",
             ErrorCode::TransportDisabled => "this transport is turned off on this server",
             ErrorCode::PayloadTooLarge => "the request body is over max_message_bytes",
+            ErrorCode::RequestTimeout => "the request body did not arrive within body_timeout",
             ErrorCode::RateLimited => "too many requests; retry after the time given",
             ErrorCode::HookUnavailable => "the application's hook did not answer; nothing was done",
             ErrorCode::OverCapacity => "this node's connection limit is reached; retry later",
@@ -427,6 +431,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::SessionUnknown | ErrorCode::TransportDisabled => 404,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::OverCapacity
@@ -459,7 +464,8 @@ impl ErrorCode {
             | ErrorCode::TokenExpired
             | ErrorCode::Forbidden
             | ErrorCode::SessionUnknown
-            | ErrorCode::TransportDisabled => 1008,
+            | ErrorCode::TransportDisabled
+            | ErrorCode::RequestTimeout => 1008,
         }
     }
 }

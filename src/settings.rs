@@ -61,8 +61,17 @@ pub struct Settings {
     /// The most bytes a WebSocket may have queued for a client that does not read (pongs included); at least
     /// twice `max_message_bytes`.
     pub send_buffer_bytes: usize,
-    /// How long one write may wait for a client to read before its connection is cut.
+    /// How long one write may wait for a client to read before its connection is cut (WebSocket, SSE, any
+    /// response).
     pub write_timeout: Duration,
+    /// How long a client may take to send a request's headers, counted from when the server waits for them (so
+    /// also how long a keep-alive connection may sit idle between requests).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a whole request body.
+    pub body_timeout: Duration,
+    /// The most TCP connections open at once on this node, idle keep-alive ones included (`None`: the process's
+    /// open-file limit, raised to its hard limit, less 128 kept for Redis, hooks and files).
+    pub max_tcp_connections: Option<usize>,
     /// Draining (SIGTERM): each client is told to reconnect after a delay drawn at random over this window.
     pub drain_window: Duration,
     /// Draining: the process exits within this, in-flight requests finished or not.
@@ -107,6 +116,9 @@ impl Default for Settings {
             max_connections: 100_000,
             send_buffer_bytes: 1 << 20,
             write_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(30),
+            max_tcp_connections: None,
             drain_window: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             allowed_origins: Vec::new(),
@@ -133,6 +145,16 @@ impl Settings {
         self.heartbeat = floor(self.heartbeat, Duration::from_millis(100));
         self.max_batch = self.max_batch.max(1);
         self.max_frames_per_send = self.max_frames_per_send.max(1);
+        self.header_timeout = floor(self.header_timeout, Duration::from_millis(100));
+        self.body_timeout = floor(self.body_timeout, Duration::from_millis(100));
+        self.write_timeout = floor(self.write_timeout, Duration::from_millis(100));
+        if self.write_timeout >= self.session_ttl / 2 {
+            // An open connection keeps its session alive (its feed touches it every third of the TTL), so one
+            // whose client stopped reading must be cut well before the session could expire under it.
+            let lowered = self.session_ttl / 2;
+            tracing::info!("write_timeout {:?} lowered to {lowered:?}, half of session_ttl", self.write_timeout);
+            self.write_timeout = lowered;
+        }
         // Browsers send `scheme://host[:port]`, never a trailing slash.
         for origin in &mut self.allowed_origins {
             *origin = origin.trim().trim_end_matches('/').to_owned();

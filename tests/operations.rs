@@ -135,44 +135,144 @@ async fn readyz_turns_503_when_pub_sub_alone_breaks_and_200_after() {
 
 /// A WebSocket client that sends pings as fast as it can and never reads: every ping asks for a pong the server
 /// cannot deliver. The server caps what it queues (`--send-buffer-bytes`) and cuts the connection.
-#[tokio::test]
-async fn a_client_that_pings_and_never_reads_is_cut_and_server_memory_stays_bounded() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut node = Node::spawn(&["--send-buffer-bytes", "262144", "--write-timeout-ms", "2000"]).await;
-    let before = node.process().rss_kib();
+/// A socket to the node with a small receive buffer, so that a client that stops reading fills it at once.
+async fn small_window(port: u16) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(([127, 0, 0, 1], node.port).into()).await.unwrap();
-    stream
-        .write_all(
-            b"GET /v1/ws?channels=flood HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = [0u8; 256];
-    let n = stream.read(&mut head).await.unwrap();
-    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"), "upgraded");
-    // A masked ping with a 125-byte payload: FIN + opcode 9, MASK + length 125, a zero mask key.
-    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
-    ping.extend_from_slice(&[b'p'; 125]);
-    let pings: Vec<u8> = ping.repeat(64);
-    let started = Instant::now();
-    let mut sent = 0usize;
-    let cut = loop {
-        if started.elapsed() > Duration::from_secs(30) {
-            break false;
-        }
-        match tokio::time::timeout(Duration::from_secs(5), stream.write_all(&pings)).await {
-            Ok(Ok(())) => sent += pings.len(),
-            // The server closed the connection (reset or broken pipe), or stopped reading it.
-            Ok(Err(_)) | Err(_) => break true,
+    socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+}
+
+/// A WebSocket client on a [`small_window`] socket, after its welcome: the stream and its session.
+async fn small_window_ws(node: &Node, query: &str) -> (common::WsStream, String) {
+    let stream = small_window(node.port).await;
+    let url = format!("{}/v1/ws?{query}", node.ws_url());
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
+    let welcome = common::next_frame(&mut ws).await.expect("welcome");
+    (ws, welcome["session"].as_str().unwrap().to_owned())
+}
+
+/// Reads `count` message frames from `next` and checks them: every offset from 1, once, in order.
+async fn resume_all(what: &str, count: u64, mut next: impl AsyncFnMut() -> Option<serde_json::Value>) {
+    let mut received = common::Received::default();
+    while (received.offsets.len() as u64) < count {
+        let frame = next().await.unwrap_or_else(|| panic!("{what}: ended after {} messages", received.offsets.len()));
+        received.take(&frame);
+    }
+    received.assert_exactly(1, count);
+}
+
+/// Three clients that stop reading while 100,000 messages go to their channel - one that floods pings (whose
+/// pongs it never reads), a WebSocket and an SSE stream - are each cut (the connection dropped without a close
+/// frame, which a client that does not read could not receive, and counted in `stickless_slow_consumers_cut`),
+/// the gateway's memory stays within a stated bound, and each resumes its session with nothing lost.
+#[tokio::test]
+async fn clients_that_never_read_are_cut_memory_stays_bounded_and_each_resumes_with_nothing_lost() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MESSAGES: u64 = 100_000;
+    let redis = Redis::start(&[]).await;
+    let args = ["--redis-url", &redis.url(), "--history-size", "100000", "--send-buffer-bytes", "262144"];
+    let mut node = Node::spawn(&[&args[..], &["--write-timeout-ms", "2000", "--max-batch", "500"]].concat()).await;
+    let before = node.process().rss_kib();
+
+    // The SSE client reads its welcome (the id it would resume from), then nothing.
+    let mut sse = small_window(node.port).await;
+    sse.write_all(b"GET /v1/sse?channels=bulk HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let sse_id = loop {
+        let mut buf = [0u8; 4096];
+        let n = sse.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the SSE stream opens");
+        head.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&head);
+        if let Some(at) = text.find("\"type\":\"welcome\"") {
+            let id = text[..at].rsplit("id: ").next().unwrap().lines().next().unwrap().to_owned();
+            break id;
         }
     };
-    let after = node.process().rss_kib();
-    eprintln!("sent {} KiB of pings in {:?}; server RSS {before} -> {after} KiB", sent / 1024, started.elapsed());
-    assert!(cut, "the connection was cut");
-    assert!(after.saturating_sub(before) < 32 * 1024, "server memory grew by {} KiB", after - before);
+    let (ws_idle, ws_session) = small_window_ws(&node, "channels=bulk").await;
+    let (mut flood, flood_session) = small_window_ws(&node, "channels=bulk").await;
+    // The flooder writes masked 125-byte pings straight to the socket until the server cuts it.
+    let flooding = tokio::spawn(async move {
+        let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+        ping.extend_from_slice(&[b'p'; 125]);
+        let pings = ping.repeat(64);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            let tokio_tungstenite::MaybeTlsStream::Plain(socket) = flood.get_mut() else { unreachable!() };
+            match tokio::time::timeout(Duration::from_secs(5), socket.write_all(&pings)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return true,
+            }
+        }
+        false
+    });
+
+    // 100,000 messages, 100 per batch, from 8 publishers; the gateway's memory sampled meanwhile.
+    let pid = node.process().id();
+    let rss = move || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    };
+    let started = Instant::now();
+    let publishers: Vec<_> = (0..8u64)
+        .map(|p| {
+            let url = node.url.clone();
+            tokio::spawn(async move {
+                for batch in 0..(MESSAGES / 800) {
+                    let messages: Vec<_> = (0..100)
+                        .map(|i| json!({"channel": "bulk", "data": format!("{p}/{batch}/{i} {}", "x".repeat(100))}))
+                        .collect();
+                    let r =
+                        http().post(format!("{url}/v1/publish")).json(&json!({ "messages": messages })).send().await;
+                    let body: serde_json::Value = r.unwrap().json().await.unwrap();
+                    let results = body["results"].as_array().unwrap();
+                    assert!(results.iter().all(|r| r["offset"].is_u64()), "every message stored: {body}");
+                }
+            })
+        })
+        .collect();
+    let mut peak = before;
+    let sampling = async {
+        loop {
+            peak = peak.max(rss().unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = futures_util::future::join_all(publishers) => {}
+        _ = sampling => unreachable!(),
+    }
+    let published = started.elapsed();
+
+    // Each was cut: no open WebSocket or SSE connection is left, and the cuts are counted.
+    eventually("the non-readers are cut", Duration::from_secs(30), async || {
+        let scrape = Scrape::of(&node).await;
+        scrape.value("stickless_connections", Some(("transport", "websocket"))) == 0.0
+            && scrape.value("stickless_connections", Some(("transport", "sse"))) == 0.0
+    })
+    .await;
+    assert!(flooding.await.unwrap(), "the ping flood was cut");
+    let scrape = Scrape::of(&node).await;
+    let cuts = scrape.value("stickless_slow_consumers_cut_total", None);
+    assert!(cuts >= 3.0, "every cut is counted as a slow consumer: {cuts}");
+    peak = peak.max(node.process().rss_kib());
+    eprintln!(
+        "published {MESSAGES} in {published:?}; gateway RSS {before} KiB, peak {peak} KiB; {cuts} slow consumers cut"
+    );
+    // The bound: three clients that read nothing cost no more than their send buffers (256 KiB each, plus the
+    // kernel's), far under the 20+ MB each would queue unbounded; 48 MiB covers the publishing itself.
+    assert!(peak.saturating_sub(before) < 48 * 1024, "gateway memory grew by {} KiB", peak - before);
+    drop(ws_idle);
+    drop(sse);
+
+    // Each resumes its session and gets all 100,000, once, in order.
+    let mut sse = Sse::connect(&node.url, "", Some(&sse_id)).await;
+    resume_all("sse", MESSAGES, async || sse.next().await).await;
+    let mut ws = Ws::connect(&node.ws_url(), &format!("session={ws_session}")).await;
+    resume_all("websocket", MESSAGES, async || ws.next().await).await;
+    let mut ws = common::Ws::connect(&node.ws_url(), &format!("session={flood_session}")).await;
+    resume_all("ping flooder", MESSAGES, async || ws.next().await).await;
 }
 
 /// Draining spreads a node's clients over the drain window instead of sending them all back at once, refuses new
@@ -216,4 +316,176 @@ async fn a_draining_node_spreads_its_clients_reconnects_over_the_window() {
     eprintln!("reconnect delays per 500 ms: {buckets:?}");
     assert!(buckets.iter().all(|&n| n <= 25), "spread over the window: {buckets:?}");
     assert!(node.process().exited_within(Duration::from_secs(10)), "exits cleanly within the drain timeout");
+}
+
+/// Reads from `stream` until the server closes it (or `limit` passes); answers what was read and when it closed.
+async fn read_until_closed(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> (String, Option<Duration>) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut read = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < limit {
+        match tokio::time::timeout(limit - started.elapsed(), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&read).into_owned(), Some(started.elapsed())),
+            Ok(Ok(n)) => read.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    (String::from_utf8_lossy(&read).into_owned(), None)
+}
+
+/// A connection from `source` (any 127.0.0.0/8 address: each is its own client address to the server).
+async fn connect_from(source: [u8; 4], port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+}
+
+/// One raw HTTP/1.1 GET on `stream`; answers the status line's code and the body.
+async fn raw_get(stream: &mut tokio::net::TcpStream, path: &str) -> (u16, String) {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let (text, _) = read_until_closed(stream, Duration::from_secs(10)).await;
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Slowloris: clients that send their headers, or their body, a byte a second are cut within the configured
+/// timeouts (the body with a 408 `request_timeout`), while everyone else is served meanwhile.
+#[tokio::test]
+async fn slowloris_headers_and_bodies_are_cut_within_their_timeouts_while_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::start(&["--header-timeout-ms", "2000", "--body-timeout-ms", "2000"]).await;
+    let (limit, slack) = (Duration::from_secs(2), Duration::from_secs(5));
+    let mut slow = Vec::new();
+    for i in 0..200 {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let by_body = i % 2 == 1;
+        slow.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let (head, body): (&[u8], &[u8]) = if by_body {
+                (b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n", br#"{"channel":"slow","data":"a byte a second ......................"}"#)
+            } else {
+                (b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a byte a second\r\n\r\n")
+            };
+            writer.write_all(head).await.unwrap();
+            let trickle = async {
+                for byte in body {
+                    if writer.write_all(&[*byte]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                std::future::pending::<()>().await
+            };
+            let closed = tokio::select! {
+                closed = read_until_closed(&mut reader, Duration::from_secs(20)) => closed,
+                _ = trickle => unreachable!(),
+            };
+            (by_body, closed.0, closed.1.map(|_| started.elapsed()))
+        }));
+    }
+    // Meanwhile, everyone else is served.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..20 {
+        let answer = http().get(format!("{}/healthz", node.url)).timeout(Duration::from_secs(2)).send().await;
+        assert_eq!(answer.expect("served while 200 slow clients hold connections").status(), 200);
+    }
+    publish_ok(&node.url, "served", json!("while slow clients wait")).await;
+    let mut worst = Duration::ZERO;
+    for task in slow {
+        let (by_body, answer, closed) = task.await.unwrap();
+        let took = closed.unwrap_or_else(|| panic!("a slow {} was never cut", if by_body { "body" } else { "header" }));
+        assert!(took >= limit - Duration::from_millis(200) && took <= limit + slack, "cut after {took:?}");
+        if by_body {
+            assert!(answer.starts_with("HTTP/1.1 408"), "a slow body is answered 408: {answer}");
+            assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+        }
+        worst = worst.max(took);
+    }
+    eprintln!("200 slowloris connections (headers and bodies at 1 byte/s) cut within {worst:?} of a {limit:?} timeout");
+}
+
+/// A client address over its TCP connection cap is refused at once (429 `rate_limited`, JSON, closed), as is any
+/// connection over the node's cap (503 `over_capacity`); other addresses are served, and a closed connection
+/// gives its place back.
+#[tokio::test]
+async fn connections_over_the_per_ip_or_the_node_cap_are_refused_at_once() {
+    let node = Node::start(&["--connections-per-ip", "5", "--max-tcp-connections", "8"]).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(connect_from([127, 0, 0, 1], node.port).await);
+    }
+    let started = Instant::now();
+    let (status, body) = raw_get(&mut connect_from([127, 0, 0, 1], node.port).await, "/healthz").await;
+    assert_eq!(status, 429, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not after a timeout");
+    // Another address is served: its own cap, and room under the node's.
+    let (status, _) = raw_get(&mut connect_from([127, 0, 0, 2], node.port).await, "/healthz").await;
+    assert_eq!(status, 200);
+    // The node holds 8 at most: 5 from .1, 3 more from others; the ninth is refused whatever its address.
+    for source in [[127, 0, 0, 3], [127, 0, 0, 4], [127, 0, 0, 5]] {
+        held.push(connect_from(source, node.port).await);
+    }
+    // (Asked until refused: the served connection from .2 gives its place back a moment after it closes.)
+    let mut body = String::new();
+    eventually("the ninth connection is refused", Duration::from_secs(5), async || {
+        let (status, text) = raw_get(&mut connect_from([127, 0, 0, 6], node.port).await, "/healthz").await;
+        body = text;
+        status == 503
+    })
+    .await;
+    assert!(body.contains(r#""code":"over_capacity""#), "{body}");
+    // Closing connections gives their places back.
+    held.clear();
+    let served = eventually("a place is given back", Duration::from_secs(10), async || {
+        raw_get(&mut connect_from([127, 0, 0, 1], node.port).await, "/healthz").await.0 == 200
+    })
+    .await;
+    eprintln!("a closed connection's place came back within {served:?}");
+    let scrape = Scrape::of(&node).await;
+    assert!(scrape.value("stickless_refusals_total", Some(("reason", "rate_limited"))) >= 1.0);
+    assert!(scrape.value("stickless_refusals_total", Some(("reason", "over_capacity"))) >= 1.0);
+}
+
+/// An open connection keeps its session alive whether or not the client reads for a while: a WebSocket and an
+/// SSE stream left unread for over three session TTLs still hold live sessions that take frames and deliver.
+#[tokio::test]
+async fn a_session_never_expires_while_one_of_its_connections_is_open() {
+    let node = Node::start(&["--session-ttl", "2", "--heartbeat-ms", "500"]).await;
+    let mut ws = Ws::connect(&node.ws_url(), "channels=alive").await;
+    let mut sse = Sse::connect(&node.url, "channels=alive", None).await;
+    let sse_session = sse.last_event_id.clone().unwrap().split(';').next().unwrap().to_owned();
+    // Nobody reads for 7 s (the sockets hold the heartbeats meanwhile): 3.5 session TTLs.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    for session in [&ws.session, &sse_session] {
+        let frames = json!([{"type": "subscribe", "id": "s1", "channel": "alive:more"}]);
+        let r = http().post(format!("{}/v1/send?session={session}", node.url)).json(&frames).send().await.unwrap();
+        let body = r.text().await.unwrap();
+        assert!(body.contains(r#""type":"ack""#), "the session is alive after 3.5 TTLs: {body}");
+    }
+    publish_ok(&node.url, "alive", json!("still here")).await;
+    let first_message = |frame: Option<serde_json::Value>| {
+        let frame = frame.expect("the session still delivers");
+        assert!(!["gap", "error"].contains(&frame["type"].as_str().unwrap()), "{frame}");
+        (frame["type"] == "message").then_some(frame)
+    };
+    let from_ws = loop {
+        if let Some(frame) = first_message(ws.next().await) {
+            break frame;
+        }
+    };
+    let from_sse = loop {
+        if let Some(frame) = first_message(sse.next().await) {
+            break frame;
+        }
+    };
+    assert_eq!((&from_ws["data"], &from_sse["data"]), (&json!("still here"), &json!("still here")));
 }

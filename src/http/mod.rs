@@ -3,12 +3,18 @@
 
 mod api;
 mod probes;
+mod serve;
 mod web;
+
+pub use serve::{serve, shutdown_signal, ServeSettings};
 
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use stickless_transports::{Lifecycle, Port, Refusal};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -16,7 +22,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use crate::error::Error;
 use crate::gateway::Gateway;
+use crate::protocol::ErrorCode;
 use crate::settings::{Settings, WebFiles};
 use crate::store::Store;
 
@@ -37,7 +45,32 @@ pub(crate) fn router<S: Store>(gateway: Gateway<S>, settings: &Settings, lifecyc
     // A 503 is an answer (not ready, draining, store unavailable) counted in /metrics, not an ERROR line per
     // health check.
     let trace = TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG));
-    router.layer(CatchPanicLayer::custom(move |_| internal.clone().into_response())).layer(trace)
+    let (timeout, limit) =
+        (settings.body_timeout, settings.max_message_bytes.saturating_mul(settings.max_frames_per_send));
+    router
+        .layer(axum::middleware::from_fn(move |request, next| body_deadline(timeout, limit, request, next)))
+        .layer(CatchPanicLayer::custom(move |_| internal.clone().into_response()))
+        .layer(trace)
+}
+
+/// Reads a request's whole body within `timeout` before the route sees it, so a client that sends its body a
+/// byte at a time (slowloris) is answered 408 and cut rather than holding a connection and a task for ever. Every
+/// body stickless accepts is small and read whole anyway; `limit` is the largest (a batch publish).
+async fn body_deadline(timeout: Duration, limit: usize, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let refused = |code, message: String| {
+        let mut response = Error::with(code, message).rejection().into_response();
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    };
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(err)) => refused(ErrorCode::PayloadTooLarge, format!("the request body is over {limit} bytes ({err})")),
+        Err(_) => refused(ErrorCode::RequestTimeout, format!("the request body did not arrive within {timeout:?}")),
+    }
 }
 
 fn cors(settings: &Settings) -> CorsLayer {
@@ -53,62 +86,4 @@ fn cors(settings: &Settings) -> CorsLayer {
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("last-event-id")])
         // A page may read when to retry a rate-limited request.
         .expose_headers([header::RETRY_AFTER])
-}
-
-/// Serves `app` until SIGINT/SIGTERM (or `lifecycle.drain`), then drains: `/readyz` turns 503, new attaches are
-/// refused, every connection is told when to reconnect and ends; then the server stops, letting in-flight
-/// requests finish, and this returns within `drain_timeout` of the signal.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    lifecycle: Lifecycle,
-    (drain_window, drain_timeout): (Duration, Duration),
-) -> std::io::Result<()> {
-    let (drain, shutdown) = (lifecycle.drain.clone(), lifecycle.shutdown.clone());
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = shutdown_signal() => {}
-            _ = drain.cancelled() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        tracing::info!("draining: every client is told when to reconnect; exiting within {drain_timeout:?}");
-        drain.cancel();
-        // Told connections end at once. The node keeps answering for the drain window (at most half the drain
-        // timeout): load balancers see /readyz 503 and clients that still arrive get 503 `draining` with when to
-        // come back, rather than a refused connection. Then it stops accepting and finishes what is in flight.
-        tokio::time::sleep(drain_window.min(drain_timeout / 2)).await;
-        shutdown.cancel();
-    });
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let stopped = lifecycle.shutdown.clone();
-    let served = axum::serve(listener, app).with_graceful_shutdown(stopped.clone().cancelled_owned());
-    // The drain's timeout counts from the signal: what the window took is not given again.
-    let left = drain_timeout.saturating_sub(drain_window.min(drain_timeout / 2));
-    tokio::select! {
-        result = served => result?,
-        _ = async { stopped.cancelled().await; tokio::time::sleep(left).await } => {
-            tracing::warn!("drain timeout: exiting with requests still in flight");
-        }
-    }
-    lifecycle.tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5).min(drain_timeout), lifecycle.tasks.wait()).await;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

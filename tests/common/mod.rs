@@ -133,9 +133,9 @@ impl Node {
                 let (router, handle) = stickless::Builder::new().settings(settings).build().await.unwrap();
                 let _ = handles.send(handle.clone());
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-                let _ = axum::serve(listener, app).with_graceful_shutdown(handle.shutdown_requested()).await;
-                handle.finished(Duration::from_secs(5)).await;
+                // As the binary serves it: caps, deadlines, drain (on the handle; the test process's own
+                // signals are not this node's, but a test sends none to itself).
+                let _ = handle.serve(listener, router).await;
             });
         });
         let handle = handle.recv().expect("the node starts");

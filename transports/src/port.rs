@@ -145,4 +145,7 @@ pub trait Port: Clone + Send + Sync + 'static {
     /// The `reconnect` frame a draining node sends each connection, with the delay (random over the drain
     /// window) it names.
     fn reconnect(&self) -> (Bytes, Duration);
+
+    /// A connection was cut because one write waited `write_timeout` for a client that does not read.
+    fn slow_consumer_cut(&self);
 }

@@ -90,7 +90,11 @@ async fn run<P: Port>(
                 Some(Ok(Message::Binary(_))) => send(&mut socket, text(shared.port.refuse(Refusal::BinaryMessage).frame), limit).await,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 Some(Ok(Message::Close(_))) | None => break None,
-                Some(Err(err)) => break close_for(err),
+                Some(Err(err)) => match close_for(err) {
+                    Ok(closing) => break closing,
+                    // Pongs to a client's pings that it does not read: over the send buffer.
+                    Err(cut) => Err(cut),
+                },
             },
             _ = ticks.tick() => match send(&mut socket, Message::Ping(Bytes::new()), limit).await {
                 // Browsers cannot see pings from JavaScript, so a frame tells the client's silence timer too.
@@ -105,7 +109,10 @@ async fn run<P: Port>(
             }
             _ = shared.shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
         };
-        if sent.is_err() {
+        if let Err(cut) = sent {
+            if cut == Cut::Slow {
+                shared.port.slow_consumer_cut();
+            }
             break None;
         }
     };
@@ -117,12 +124,27 @@ async fn run<P: Port>(
 /// Why a write did not go through: the client is gone, or it does not read (its send buffer is full, or one
 /// write waited `write_timeout`). Either way the socket is dropped: no close frame can be written to a client
 /// that does not read. It resumes from its cursor when it reconnects.
-struct Cut;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// The connection failed or was closed (by the client, or by the server's own connection deadline, which
+    /// counts its cut itself).
+    Gone,
+    /// The client does not read: one write waited `write_timeout`, or the send buffer is over its cap.
+    Slow,
+}
 
 async fn send(socket: &mut WebSocket, message: Message, limit: std::time::Duration) -> Result<(), Cut> {
     match tokio::time::timeout(limit, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) | Err(_) => Err(Cut),
+        Ok(Err(err)) => Err(cut_by(err)),
+        Err(_) => Err(Cut::Slow),
+    }
+}
+
+fn cut_by(err: axum::Error) -> Cut {
+    match err.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::WriteBufferFull(_)) => Cut::Slow,
+        _ => Cut::Gone,
     }
 }
 
@@ -133,14 +155,16 @@ async fn refuse(mut socket: WebSocket, rejection: Rejection) {
     let _ = socket.send(Message::Close(Some(close))).await;
 }
 
-/// Maps a read error to the close code the client should see.
-fn close_for(err: axum::Error) -> Option<(u16, &'static str)> {
-    match err.into_inner().downcast_ref::<tungstenite::Error>() {
+/// Maps a read error to the close code the client should see (`None`: just drop the socket), or to a cut when
+/// the client's unread pongs filled the send buffer.
+fn close_for(err: axum::Error) -> Result<Option<(u16, &'static str)>, Cut> {
+    Ok(match err.into_inner().downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => Some((close::TOO_BIG, "message over max_message_bytes")),
         Some(tungstenite::Error::Utf8(_)) => Some((close::INVALID_DATA, "text message is not valid UTF-8")),
         Some(tungstenite::Error::Protocol(_)) => Some((close::POLICY, "protocol violation")),
+        Some(tungstenite::Error::WriteBufferFull(_)) => return Err(Cut::Slow),
         _ => None,
-    }
+    })
 }
 
 fn text(frame: Bytes) -> Message {
