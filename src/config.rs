@@ -5,7 +5,7 @@
 //! directory default differently here, because the binary serves the demo and an embedding application does not.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use stickless_transports::Transport;
 
 use crate::auth::Namespace;
+use crate::limits::ProxyRange;
 use crate::settings::{Settings, WebFiles};
 
 fn defaults() -> Settings {
@@ -188,9 +189,9 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_HOOK_CONNECT", default_value_t = defaults().hooks.connect, action = clap::ArgAction::Set)]
     pub hook_connect: bool,
 
-    /// Proxies whose X-Forwarded-For names the client (comma-separated addresses).
+    /// Proxies whose X-Forwarded-For names the client (comma-separated addresses or ranges, e.g. 10.0.0.0/8).
     #[arg(long, env = "STICKLESS_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<ProxyRange>,
 
     /// The flags and variables given explicitly (they override the file).
     #[arg(skip)]
@@ -383,7 +384,7 @@ struct FileLimits {
     channels_per_second: Option<u32>,
     channels_per_ip_per_second: Option<u32>,
     connections_per_ip: Option<u32>,
-    trusted_proxies: Option<Vec<IpAddr>>,
+    trusted_proxies: Option<Vec<ProxyRange>>,
     max_channels: Option<usize>,
     max_bytes: Option<usize>,
 }

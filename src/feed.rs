@@ -143,6 +143,7 @@ pub fn open<S: ChannelLog + Sessions>(
                     Err(err) => {
                         if !failing {
                             failing = true;
+                            connection.failure("store_unavailable", id.as_str(), &err.to_string());
                             yield state.outbound(store_failed(&err));
                         }
                         break;

@@ -91,9 +91,14 @@ impl<S: Store> Gateway<S> {
         Duration::from_millis(u64::from_le_bytes(bytes) % window.max(1))
     }
 
-    /// Counts a refusal on its way to the client.
-    fn refused(&self, err: Error) -> Error {
-        self.0.metrics.refused(err.code().as_str());
+    /// Counts a refusal on its way to the client; a server-side failure is also logged (bounded) with the
+    /// session it hit.
+    pub(crate) fn refused(&self, session: Option<&str>, err: Error) -> Error {
+        let code = err.code();
+        self.0.metrics.refused(code.as_str());
+        if matches!(code, ErrorCode::StoreUnavailable | ErrorCode::HookUnavailable | ErrorCode::Internal) {
+            self.0.metrics.failure(code.as_str(), session, &err.message());
+        }
         err
     }
 
@@ -324,7 +329,7 @@ impl<S: Store> Gateway<S> {
     async fn apply(&self, id: &SessionId, record: &SessionRecord, frame: Upstream) -> Bytes {
         match self.command(id, record, &frame).await {
             Ok(ack) => ack,
-            Err(err) => self.refused(err).frame(Some(frame.id())),
+            Err(err) => self.refused(Some(id.as_str()), err).frame(Some(frame.id())),
         }
     }
 
@@ -429,7 +434,7 @@ impl<S: Store> Gateway<S> {
         for raw in frames {
             replies.push(match Upstream::parse_value(raw) {
                 Ok(upstream) => self.apply(&id, &record, upstream).await,
-                Err(refused) => self.refused(Error::from(refused.error)).frame(refused.id.as_deref()),
+                Err(refused) => self.refused(Some(session), Error::from(refused.error)).frame(refused.id.as_deref()),
             });
         }
         Ok(protocol::array(&replies))
@@ -463,7 +468,8 @@ impl<S: Store> Port for Gateway<S> {
     }
 
     async fn attach(&self, request: Attach) -> Result<Attached<Feed>, Rejection> {
-        self.open(request).await.map_err(|err| self.refused(err).rejection())
+        let session = request.session.clone();
+        self.open(request).await.map_err(|err| self.refused(session.as_deref(), err).rejection())
     }
 
     async fn upstream(&self, session: &str, bytes: &[u8]) -> Bytes {
@@ -471,19 +477,21 @@ impl<S: Store> Port for Gateway<S> {
         let limited = SessionId::parse(session).map(|id| self.0.limits.upstream(&id, 1, bytes.len()));
         let upstream = match Upstream::parse(bytes) {
             Ok(upstream) => upstream,
-            Err(refused) => return self.refused(Error::from(refused.error)).frame(refused.id.as_deref()),
+            Err(refused) => {
+                return self.refused(Some(session), Error::from(refused.error)).frame(refused.id.as_deref())
+            }
         };
         if let Ok(Err(wait)) = limited {
-            return self.refused(Error::RateLimited(wait)).frame(Some(upstream.id()));
+            return self.refused(Some(session), Error::RateLimited(wait)).frame(Some(upstream.id()));
         }
         match self.load(session).await {
             Ok((id, record)) => self.apply(&id, &record, upstream).await,
-            Err(err) => self.refused(err).frame(Some(upstream.id())),
+            Err(err) => self.refused(Some(session), err).frame(Some(upstream.id())),
         }
     }
 
     async fn send(&self, session: &str, body: &[u8]) -> Result<Bytes, Rejection> {
-        self.send_frames(session, body).await.map_err(|err| self.refused(err).rejection())
+        self.send_frames(session, body).await.map_err(|err| self.refused(Some(session), err).rejection())
     }
 
     fn poll_response(&self, session: &str, position: &str, frames: &[Bytes]) -> Bytes {
@@ -499,7 +507,7 @@ impl<S: Store> Port for Gateway<S> {
             Refusal::Draining => Error::Draining(self.drain_delay()),
             other => Error::from(other),
         };
-        self.refused(err).rejection()
+        self.refused(None, err).rejection()
     }
 
     fn slow_consumer_cut(&self) {

@@ -43,8 +43,8 @@ pub struct LimitSettings {
     /// TCP connections one client address may hold open at once (idle keep-alive ones included); a trusted
     /// proxy's are not capped.
     pub connections_per_ip: u32,
-    /// Proxies whose `X-Forwarded-For` names the client; from anyone else it is ignored.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Proxies whose `X-Forwarded-For` names the client (addresses or ranges); from anyone else it is ignored.
+    pub trusted_proxies: Vec<ProxyRange>,
     /// The embedded store's most channels.
     pub max_channels: usize,
     /// The embedded store's most bytes of message data.
@@ -81,6 +81,48 @@ impl LimitSettings {
             max_channels: 0,
             max_bytes: 0,
         }
+    }
+}
+
+/// A trusted proxy: one address (`10.0.0.7`) or a range of them (`10.0.0.0/8`, `fd00::/8`), as a Kubernetes
+/// ingress controller's pods come and go within the pod network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyRange(ipnet::IpNet);
+
+impl ProxyRange {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match self.0 {
+            ipnet::IpNet::V4(net) => matches!(ip, IpAddr::V4(v4) if net.trunc().contains(&v4)),
+            ipnet::IpNet::V6(net) => matches!(ip, IpAddr::V6(v6) if net.trunc().contains(&v6)),
+        }
+    }
+}
+
+impl From<IpAddr> for ProxyRange {
+    fn from(ip: IpAddr) -> Self {
+        ProxyRange(ipnet::IpNet::from(ip.to_canonical()))
+    }
+}
+
+impl std::str::FromStr for ProxyRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        match text.parse::<IpAddr>() {
+            Ok(ip) => Ok(ip.into()),
+            Err(_) => text
+                .parse::<ipnet::IpNet>()
+                .map(ProxyRange)
+                .map_err(|_| format!("`{text}` is neither an address nor a range like 10.0.0.0/8")),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ProxyRange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -229,7 +271,7 @@ impl<C: Clock> Limits<C> {
     /// Whether `ip` is one of the trusted proxies.
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.0.settings.trusted_proxies.iter().any(|p| p.to_canonical() == ip)
+        self.0.settings.trusted_proxies.iter().any(|p| p.contains(ip))
     }
 
     /// Counts a TCP connection refused over the node's cap, or (`per_ip`) over its address's.
@@ -376,7 +418,8 @@ mod tests {
     }
 
     fn behind(proxies: &[&str]) -> Limits {
-        Limits::new(&LimitSettings { trusted_proxies: proxies.iter().map(|p| ip(p)).collect(), ..Default::default() })
+        let trusted_proxies = proxies.iter().map(|p| p.parse().unwrap()).collect();
+        Limits::new(&LimitSettings { trusted_proxies, ..Default::default() })
     }
 
     #[test]
@@ -404,6 +447,24 @@ mod tests {
         assert_eq!(limits.client_ip(None, Some("203.0.113.7")), None, "no peer, no address");
         let direct = behind(&[]);
         assert_eq!(direct.client_ip(Some(ip("127.0.0.1")), Some("203.0.113.7")), Some(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn trusted_proxies_may_be_ranges() {
+        let limits = behind(&["10.0.0.0/8", "fd00::/8", "192.0.2.7"]);
+        let cases = [
+            ("in the v4 range", "10.42.3.9", true),
+            ("mapped into v6", "::ffff:10.1.1.1", true),
+            ("in the v6 range", "fd12::5", true),
+            ("one address", "192.0.2.7", true),
+            ("outside", "11.0.0.1", false),
+            ("next to the address", "192.0.2.8", false),
+        ];
+        for (name, peer, trusted) in cases {
+            assert_eq!(limits.is_trusted_proxy(ip(peer)), trusted, "{name}");
+        }
+        assert_eq!(limits.client_ip(Some(ip("10.9.9.9")), Some("203.0.113.7")), Some(ip("203.0.113.7")));
+        assert!("10.0.0.0/33".parse::<ProxyRange>().is_err() && "example.com".parse::<ProxyRange>().is_err());
     }
 
     fn fake(settings: LimitSettings) -> (Limits<FakeRelativeClock>, FakeRelativeClock) {

@@ -1,9 +1,11 @@
 //! Metrics: what an operator graphs and alerts on, as Prometheus text at `/metrics`. One registry per node (no
 //! global recorder, so an application that embeds stickless keeps its own); every labelled series is created
-//! once, up front, so counting on the delivery path is an atomic add, never an allocation.
+//! once, up front, so counting on the delivery path is an atomic add, never an allocation. Server-side failures
+//! (the store, the hook, a bug) are also logged, at a bounded rate, with the session they hit.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -60,7 +62,17 @@ struct Inner {
     store_errors: Counter,
     slow_consumers: Counter,
     ready: Gauge,
+    failures: Mutex<HashMap<&'static str, Logged>>,
 }
+
+/// One failure code's log: when its last line was written, and how many failures it has not told since.
+struct Logged {
+    at: Instant,
+    untold: u64,
+}
+
+/// Each failure code logs at most one line this often; the line says how many more there were.
+pub const FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// This node's metrics; clones share them.
 #[derive(Clone)]
@@ -120,6 +132,7 @@ impl Metrics {
             store_errors,
             slow_consumers,
             ready,
+            failures: Mutex::default(),
         }))
     }
 
@@ -128,6 +141,23 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.0.registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// A server-side failure (`code`: store_unavailable, hook_unavailable, internal) that a request of `session`
+    /// met: logged with the session's id, at most once per [`FAILURE_LOG_EVERY`] per code, with how many more
+    /// there were meanwhile. (Clients' own errors are only counted, in `refusals`.)
+    pub fn failure(&self, code: &'static str, session: Option<&str>, message: &str) {
+        let now = Instant::now();
+        let mut failures = self.0.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let logged = failures.entry(code).or_insert(Logged { at: now - FAILURE_LOG_EVERY, untold: 0 });
+        if now.duration_since(logged.at) < FAILURE_LOG_EVERY {
+            logged.untold += 1;
+            return;
+        }
+        let more = std::mem::take(&mut logged.untold);
+        logged.at = now;
+        drop(failures);
+        tracing::warn!(code, session = session.unwrap_or("-"), more_since_last_line = more, "{message}");
     }
 
     /// A connection cut because the client read nothing while a write waited `write_timeout`.
@@ -180,6 +210,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A server-side failure this connection's session met (logged at a bounded rate, see [`Metrics::failure`]).
+    pub fn failure(&self, code: &'static str, session: &str, message: &str) {
+        self.metrics.failure(code, Some(session), message);
+    }
+
     pub fn delivered(&self) {
         self.metrics.0.delivered.get(self.transport).inc();
     }

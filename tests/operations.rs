@@ -489,3 +489,44 @@ async fn a_session_never_expires_while_one_of_its_connections_is_open() {
     };
     assert_eq!((&from_ws["data"], &from_sse["data"]), (&json!("still here"), &json!("still here")));
 }
+
+/// While Redis is down every request of a session fails with `store_unavailable`: each is counted, but the log
+/// gets at most a line a second per failure code, saying how many more there were and naming the session hit.
+#[tokio::test]
+async fn server_failures_are_logged_at_a_bounded_rate_with_the_session_they_hit() {
+    let mut redis = Redis::start(&[]).await;
+    let log = std::env::temp_dir().join(format!("stickless-failures-{}.log", std::process::id()));
+    let node = Node::spawn_logging(&["--redis-url", &redis.url()], Some(&log)).await;
+    let poller = Poller::open(&node.url, "logged").await;
+    redis.stop();
+    let started = Instant::now();
+    let mut failed = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let sends = (0..100).map(|i| {
+            let frames = json!([{"type": "publish", "id": format!("p{i}"), "channel": "logged", "data": i}]);
+            http().post(format!("{}/v1/send?session={}", node.url, poller.session)).json(&frames).send()
+        });
+        for answer in futures_util::future::join_all(sends).await {
+            let text = answer.unwrap().text().await.unwrap();
+            failed += usize::from(text.contains("store_unavailable"));
+        }
+    }
+    let elapsed = started.elapsed();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["fields"]["code"] == "store_unavailable")
+        .collect();
+    let _ = std::fs::remove_file(&log);
+    eprintln!("{failed} requests failed in {elapsed:?}; {} log lines: {lines:?}", lines.len());
+    assert!(failed >= 100, "the requests failed: {failed}");
+    assert!(!lines.is_empty(), "failures are logged");
+    assert!(lines.len() as f64 <= elapsed.as_secs_f64() + 2.0, "at most a line a second: {}", lines.len());
+    assert!(lines.iter().any(|l| l["fields"]["session"] == poller.session.as_str()), "lines name the session");
+    // Each line stands for itself and the failures it says were not logged before it.
+    let told: u64 = lines.iter().map(|l| l["fields"]["more_since_last_line"].as_u64().unwrap() + 1).sum();
+    assert!(told as usize <= failed, "the lines count no more failures than there were: {told} for {failed}");
+    let scrape = Scrape::of(&node).await;
+    assert!(scrape.value("stickless_refusals_total", Some(("reason", "store_unavailable"))) >= failed as f64);
+}

@@ -207,7 +207,7 @@ impl Hooks {
         let mut response = post.body(body).send().await.map_err(|e| self.failed(&e))?;
         let status = response.status();
         if !status.is_success() {
-            tracing::warn!(url = self.url, %status, "the hook refused the request");
+            tracing::debug!(url = self.url, %status, "the hook refused the request");
             return Err(HookUnavailable(format!("the hook answered HTTP {}", status.as_u16())));
         }
         let mut answer = Vec::new();
@@ -222,7 +222,7 @@ impl Hooks {
 
     /// What the client is told of a failed call; reqwest's own text names the URL, which stays in the log.
     fn failed(&self, err: &reqwest::Error) -> HookUnavailable {
-        tracing::warn!(error = %err, "the hook failed");
+        tracing::debug!(error = %err, "the hook failed");
         let message = if err.is_timeout() {
             format!("the hook did not answer within {} ms", self.timeout.as_millis())
         } else if err.is_builder() {
@@ -327,7 +327,7 @@ struct PublishAnswer {
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HookUnavailable> {
     serde_json::from_slice(body).map_err(|e| {
-        tracing::warn!(error = %e, answer = %String::from_utf8_lossy(&body[..body.len().min(200)]), "bad hook answer");
+        tracing::debug!(error = %e, answer = %String::from_utf8_lossy(&body[..body.len().min(200)]), "bad hook answer");
         HookUnavailable(format!("the hook's answer is not the documented JSON: {e}"))
     })
 }

@@ -113,7 +113,7 @@ async fn publish<S: Store>(
         Ok(Published::Batch { results }.encode())
     }
     .await;
-    answer(result)
+    answer(&api.gateway, result)
 }
 
 #[derive(Deserialize)]
@@ -133,7 +133,7 @@ async fn presence<S: Store>(
         Ok(PresenceAnswer { channel: &channel, pids: &pids }.encode())
     }
     .await;
-    answer(result)
+    answer(&api.gateway, result)
 }
 
 impl<S> Api<S> {
@@ -156,13 +156,13 @@ impl<S> Api<S> {
     }
 }
 
-fn answer(result: Result<Bytes, Error>) -> Response {
+fn answer<S: Store>(gateway: &Gateway<S>, result: Result<Bytes, Error>) -> Response {
     match result {
         Ok(body) => {
             let mut response = body.into_response();
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Err(err) => err.rejection().into_response(),
+        Err(err) => gateway.refused(None, err).rejection().into_response(),
     }
 }

@@ -146,14 +146,23 @@ impl Node {
 
     /// A node as its own `stickless` process, configured as [`Node::start`] says.
     pub async fn spawn(args: &[&str]) -> Node {
+        Node::spawn_logging(args, None).await
+    }
+
+    /// [`Node::spawn`], its log (warnings and errors) written to `log` when given.
+    pub async fn spawn_logging(args: &[&str], log: Option<&std::path::Path>) -> Node {
         let args = with_open_config(args);
         let port = free_port();
+        let output = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        };
         let process = Process::spawn(
             Command::new(env!("CARGO_BIN_EXE_stickless"))
-                .args(["--listen", &format!("127.0.0.1:{port}"), "--demo-ticker-ms", "0"])
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--demo-ticker-ms", "0", "--log-format", "json"])
                 .args(&args)
                 .env("STICKLESS_LOG", "warn")
-                .stdout(Stdio::null()),
+                .stdout(output),
         );
         let node = Node { url: format!("http://127.0.0.1:{port}"), port, runs: Runs::Process(process) };
         node.wait_until_up().await;
