@@ -121,6 +121,10 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_CONNECTIONS_PER_IP", default_value_t = defaults().limits.connections_per_ip)]
     pub connections_per_ip: u32,
 
+    /// /readyz answers 503 while live or TCP connections are over this fraction of their caps.
+    #[arg(long, env = "STICKLESS_READY_MAX_LOAD", default_value_t = defaults().ready_max_load)]
+    pub ready_max_load: f64,
+
     /// Milliseconds over which a draining node (SIGTERM) spreads its clients' reconnects.
     #[arg(long, env = "STICKLESS_DRAIN_WINDOW_MS", default_value_t = defaults().drain_window.as_millis() as u64)]
     pub drain_window_ms: u64,
@@ -295,6 +299,7 @@ impl Config {
             "body_timeout_ms" => |s: &mut Settings| s.body_timeout = Duration::from_millis(self.body_timeout_ms);
             "max_tcp_connections" => |s: &mut Settings| s.max_tcp_connections = self.max_tcp_connections;
             "connections_per_ip" => |s: &mut Settings| s.limits.connections_per_ip = self.connections_per_ip;
+            "ready_max_load" => |s: &mut Settings| s.ready_max_load = self.ready_max_load;
             "drain_window_ms" => |s: &mut Settings| s.drain_window = Duration::from_millis(self.drain_window_ms);
             "drain_timeout_ms" => |s: &mut Settings| s.drain_timeout = Duration::from_millis(self.drain_timeout_ms);
             "api_key" => |s: &mut Settings| s.api_key = self.api_key.clone();
@@ -339,6 +344,7 @@ struct File {
     header_timeout_ms: Option<u64>,
     body_timeout_ms: Option<u64>,
     max_tcp_connections: Option<usize>,
+    ready_max_load: Option<f64>,
     drain_window_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     api_key: Option<String>,
@@ -441,6 +447,7 @@ impl File {
         set(&mut s.header_timeout, millis(self.header_timeout_ms));
         set(&mut s.body_timeout, millis(self.body_timeout_ms));
         set(&mut s.max_tcp_connections, self.max_tcp_connections.map(Some));
+        set(&mut s.ready_max_load, self.ready_max_load);
         set(&mut s.drain_window, millis(self.drain_window_ms));
         set(&mut s.drain_timeout, millis(self.drain_timeout_ms));
         set(&mut s.api_key, self.api_key.map(Some));

@@ -79,8 +79,18 @@ impl<S: Store> Gateway<S> {
     }
 
     /// `/metrics`, in Prometheus text.
-    pub fn metrics(&self) -> String {
+    pub fn metrics(&self, draining: bool) -> String {
+        self.0.metrics.set_draining(draining);
         self.0.metrics.encode()
+    }
+
+    /// Why this node should take no new clients now, by load: its live connections or TCP connections over
+    /// `ready_max_load` of their caps.
+    pub fn overloaded(&self) -> Option<String> {
+        let (max, limit) = (self.settings().max_connections, self.settings().ready_max_load);
+        let load = self.0.metrics.load(max);
+        (load >= limit)
+            .then(|| format!("over load: {:.0}% of the connection caps (ready_max_load {limit})", load * 100.0))
     }
 
     /// A delay drawn uniformly over the drain window, so a draining node's clients come back spread out.
@@ -508,6 +518,10 @@ impl<S: Store> Port for Gateway<S> {
             other => Error::from(other),
         };
         self.refused(None, err).rejection()
+    }
+
+    fn poll_answered(&self, waited: Duration, frames: usize) {
+        self.0.metrics.poll_answered(waited, frames);
     }
 
     fn slow_consumer_cut(&self) {

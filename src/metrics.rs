@@ -62,6 +62,11 @@ struct Inner {
     store_errors: Counter,
     slow_consumers: Counter,
     ready: Gauge,
+    draining: Gauge,
+    tcp_connections: Gauge,
+    tcp_connections_max: Gauge,
+    poll_wait: Histogram,
+    empty_polls: Counter,
     failures: Mutex<HashMap<&'static str, Logged>>,
 }
 
@@ -109,6 +114,24 @@ impl Metrics {
         registry.register("store_round_trip_seconds", "Redis round trips (scripts, pipelines)", store_latency.clone());
         registry.register("store_errors", "Redis commands that failed or timed out", store_errors.clone());
         registry.register("ready", "1 when /readyz answers 200", ready.clone());
+        let draining = Gauge::default();
+        registry.register("draining", "1 from the moment the node drains (SIGTERM)", draining.clone());
+        let tcp_connections = Gauge::default();
+        registry.register(
+            "tcp_connections",
+            "Open TCP connections, idle keep-alive ones included",
+            tcp_connections.clone(),
+        );
+        let tcp_connections_max = Gauge::default();
+        registry.register("tcp_connections_max", "The node's cap on open TCP connections", tcp_connections_max.clone());
+        let poll_wait = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register("poll_wait_seconds", "How long a long-poll waited before it was answered", poll_wait.clone());
+        let empty_polls = Counter::default();
+        registry.register(
+            "empty_polls",
+            "Long-polls answered with no frames (the poll timeout passed)",
+            empty_polls.clone(),
+        );
         let slow_consumers = Counter::default();
         registry.register(
             "slow_consumers_cut",
@@ -132,6 +155,11 @@ impl Metrics {
             store_errors,
             slow_consumers,
             ready,
+            draining,
+            tcp_connections,
+            tcp_connections_max,
+            poll_wait,
+            empty_polls,
             failures: Mutex::default(),
         }))
     }
@@ -141,6 +169,42 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.0.registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// Whether the node is draining.
+    pub fn set_draining(&self, draining: bool) {
+        self.0.draining.set(i64::from(draining));
+    }
+
+    /// A TCP connection was admitted (`true`) or closed (`false`).
+    pub fn tcp_connection(&self, opened: bool) {
+        if opened {
+            self.0.tcp_connections.inc();
+        } else {
+            self.0.tcp_connections.dec();
+        }
+    }
+
+    /// The node's cap on TCP connections, once it is known (when serving starts).
+    pub fn set_tcp_connections_max(&self, max: usize) {
+        self.0.tcp_connections_max.set(max as i64);
+    }
+
+    /// A long-poll answered after `waited`, with `frames` frames.
+    pub fn poll_answered(&self, waited: Duration, frames: usize) {
+        self.0.poll_wait.observe(waited.as_secs_f64());
+        if frames == 0 {
+            self.0.empty_polls.inc();
+        }
+    }
+
+    /// How loaded the node is: the larger of its live connections over `max_live` and its TCP connections over
+    /// their cap (0 while serving has not started).
+    pub fn load(&self, max_live: usize) -> f64 {
+        let live: i64 = TRANSPORTS.iter().map(|t| self.0.connections.get(t).get()).sum();
+        let tcp_max = self.0.tcp_connections_max.get();
+        let tcp = if tcp_max > 0 { self.0.tcp_connections.get() as f64 / tcp_max as f64 } else { 0.0 };
+        (live as f64 / max_live.max(1) as f64).max(tcp)
     }
 
     /// A server-side failure (`code`: store_unavailable, hook_unavailable, internal) that a request of `session`

@@ -72,6 +72,9 @@ pub struct Settings {
     /// The most TCP connections open at once on this node, idle keep-alive ones included (`None`: the process's
     /// open-file limit, raised to its hard limit, less 128 kept for Redis, hooks and files).
     pub max_tcp_connections: Option<usize>,
+    /// `/readyz` answers 503 while the live connections or the TCP connections are over this fraction of their
+    /// caps (`max_connections`, `max_tcp_connections`), so a balancer sends new clients elsewhere.
+    pub ready_max_load: f64,
     /// Draining (SIGTERM): each client is told to reconnect after a delay drawn at random over this window.
     pub drain_window: Duration,
     /// Draining: the process exits within this, in-flight requests finished or not.
@@ -119,6 +122,7 @@ impl Default for Settings {
             header_timeout: Duration::from_secs(15),
             body_timeout: Duration::from_secs(30),
             max_tcp_connections: None,
+            ready_max_load: 0.9,
             drain_window: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             allowed_origins: Vec::new(),
@@ -148,6 +152,8 @@ impl Settings {
         self.header_timeout = floor(self.header_timeout, Duration::from_millis(100));
         self.body_timeout = floor(self.body_timeout, Duration::from_millis(100));
         self.write_timeout = floor(self.write_timeout, Duration::from_millis(100));
+        // A fraction of the caps; anything else (0, negative, NaN) would make the node never ready.
+        self.ready_max_load = if self.ready_max_load > 0.0 { self.ready_max_load.min(1.0) } else { 1.0 };
         if self.write_timeout >= self.session_ttl / 2 {
             // An open connection keeps its session alive (its feed touches it every third of the TTL), so one
             // whose client stopped reading must be cut well before the session could expire under it.

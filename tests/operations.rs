@@ -49,16 +49,20 @@ async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() ->
 #[tokio::test]
 async fn metrics_parse_and_move_with_connections_messages_and_refusals() {
     let redis = Redis::start(&[]).await;
-    let node = Node::start(&["--redis-url", &redis.url()]).await;
+    let node = Node::start(&["--redis-url", &redis.url(), "--poll-timeout-ms", "500"]).await;
     let before = Scrape::of(&node).await;
     assert_eq!(before.value("stickless_connections", Some(("transport", "websocket"))), 0.0);
+    assert_eq!(before.value("stickless_draining", None), 0.0);
+    assert!(before.value("stickless_tcp_connections_max", None) > 0.0, "the TCP cap is shown");
 
     let mut ws = Ws::connect(&node.ws_url(), "channels=ops").await;
     let mut sse = Sse::connect(&node.url, "channels=ops", None).await;
-    let poller = Poller::open(&node.url, "ops").await;
+    let mut poller = Poller::open(&node.url, "ops").await;
     for i in 0..3 {
         publish_ok(&node.url, "ops", json!(i)).await;
     }
+    assert_eq!(poller.poll(&node.url).await.len(), 3, "a poll answered at once with what was waiting");
+    assert!(poller.poll(&node.url).await.is_empty(), "a poll answered empty after the poll timeout");
     for _ in 0..3 {
         assert_eq!(ws.next().await.unwrap()["type"], "message");
         assert_eq!(sse.next().await.unwrap()["type"], "message");
@@ -75,6 +79,10 @@ async fn metrics_parse_and_move_with_connections_messages_and_refusals() {
     assert!(during.value("stickless_messages_delivered_total", Some(("transport", "sse"))) >= 3.0);
     assert_eq!(during.value("stickless_refusals_total", Some(("reason", "invalid_channel"))), 1.0);
     assert!(during.value("stickless_store_round_trip_seconds_count", None) > 0.0, "Redis round trips observed");
+    assert!(during.value("stickless_poll_wait_seconds_count", None) >= 3.0, "poll waits observed");
+    assert!(during.value("stickless_empty_polls_total", None) >= 1.0);
+    // This scrape's own connection, the WebSocket's and the SSE stream's at least.
+    assert!(during.value("stickless_tcp_connections", None) >= 3.0);
 
     drop(ws);
     eventually("the WebSocket gauge back to 0", Duration::from_secs(5), async || {
@@ -87,6 +95,24 @@ async fn metrics_parse_and_move_with_connections_messages_and_refusals() {
 
 async fn ready(node: &Node) -> u16 {
     http().get(format!("{}/readyz", node.url)).send().await.unwrap().status().as_u16()
+}
+
+/// Over its load threshold (live connections over `--ready-max-load` of `--max-connections`) a node says it is
+/// not ready, so a balancer sends new clients elsewhere, and ready again once under it.
+#[tokio::test]
+async fn readyz_turns_503_over_the_load_threshold_and_200_under_it() {
+    let node = Node::start(&["--max-connections", "10", "--ready-max-load", "0.5"]).await;
+    assert_eq!(ready(&node).await, 200);
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(Sse::connect(&node.url, "channels=load", None).await);
+    }
+    let answer = http().get(format!("{}/readyz", node.url)).send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert!(body["reason"].as_str().unwrap().contains("over load"), "{body}");
+    streams.clear();
+    eventually("ready again under the threshold", Duration::from_secs(5), async || ready(&node).await == 200).await;
 }
 
 #[tokio::test]
@@ -307,6 +333,7 @@ async fn a_draining_node_spreads_its_clients_reconnects_over_the_window() {
     assert!(retry <= 5, "Retry-After within the window: {retry}");
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "draining");
+    assert_eq!(Scrape::of(&node).await.value("stickless_draining", None), 1.0, "the drain shows in /metrics");
     // Spread: ten 500 ms buckets over the 5 s window; none may hold more than a quarter of the clients.
     let mut buckets = [0usize; 10];
     for d in &delays {

@@ -38,6 +38,10 @@ async fn ready<S: Store>(State(probes): State<Arc<Probes<S>>>) -> Response {
     if probes.drain.is_cancelled() {
         return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#.into());
     }
+    if let Some(why) = probes.gateway.overloaded() {
+        let body = serde_json::json!({ "status": "not_ready", "reason": why }).to_string();
+        return json(StatusCode::SERVICE_UNAVAILABLE, body);
+    }
     let cached = probes.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let result = match cached {
         Some((at, result)) if at.elapsed() < READY_FOR => result,
@@ -58,7 +62,7 @@ async fn ready<S: Store>(State(probes): State<Arc<Probes<S>>>) -> Response {
 
 async fn metrics<S: Store>(State(probes): State<Arc<Probes<S>>>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], probes.gateway.metrics()).into_response()
+    ([(header::CONTENT_TYPE, content_type)], probes.gateway.metrics(probes.drain.is_cancelled())).into_response()
 }
 
 fn json(status: StatusCode, body: String) -> Response {

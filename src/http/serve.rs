@@ -191,6 +191,7 @@ struct Open {
 impl Gate {
     fn new(max: usize, limits: Limits, metrics: Metrics) -> Gate {
         let per_ip = limits.settings().connections_per_ip as usize;
+        metrics.set_tcp_connections_max(max);
         Gate(Arc::new(GateInner { max, per_ip, open: Mutex::default(), limits, metrics }))
     }
 
@@ -212,6 +213,7 @@ impl Gate {
             return Err(refusal);
         }
         open.total += 1;
+        self.0.metrics.tcp_connection(true);
         if capped {
             *open.by_ip.entry(ip).or_default() += 1;
         }
@@ -255,6 +257,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut open = self.gate.0.open.lock().unwrap_or_else(|e| e.into_inner());
         open.total -= 1;
+        self.gate.0.metrics.tcp_connection(false);
         if let Some(ip) = self.ip {
             if let Some(n) = open.by_ip.get_mut(&ip) {
                 *n -= 1;

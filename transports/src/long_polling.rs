@@ -23,6 +23,8 @@ pub(crate) async fn poll<P: Port>(State(shared): State<Shared<P>>, params: Attac
     };
     let mut position = attached.position;
     let mut frames: Vec<Bytes> = Vec::new();
+    let waiting = tokio::time::Instant::now();
+    let mut waited = std::time::Duration::ZERO;
     if attached.created {
         // A new session learns its id first; its next poll carries it.
         frames.push(attached.welcome);
@@ -35,6 +37,7 @@ pub(crate) async fn poll<P: Port>(State(shared): State<Shared<P>>, params: Attac
             _ = shared.drain.cancelled() => Some(Outbound { frame: shared.port.reconnect().0, position: None, end: Some(DRAINING) }),
             _ = shared.shutdown.cancelled() => None,
         };
+        waited = waiting.elapsed();
         let mut next = first;
         while let Some(out) = next {
             if let Some(p) = out.position {
@@ -48,5 +51,6 @@ pub(crate) async fn poll<P: Port>(State(shared): State<Shared<P>>, params: Attac
             next = feed.next().now_or_never().flatten();
         }
     }
+    shared.port.poll_answered(waited, frames.len());
     json_response(shared.port.poll_response(&attached.session, &position, &frames))
 }

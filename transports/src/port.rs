@@ -146,6 +146,9 @@ pub trait Port: Clone + Send + Sync + 'static {
     /// window) it names.
     fn reconnect(&self) -> (Bytes, Duration);
 
+    /// A long-poll was answered after waiting `waited` for its first frame, with `frames` frames.
+    fn poll_answered(&self, waited: Duration, frames: usize);
+
     /// A connection was cut because one write waited `write_timeout` for a client that does not read.
     fn slow_consumer_cut(&self);
 }
