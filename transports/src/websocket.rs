@@ -3,7 +3,7 @@
 //! One task per socket selects over the client's messages, the session feed and the heartbeat. Sending waits
 //! for the socket, so a slow reader slows only its own feed, which falls back to history when it lags.
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code as close, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,16 +12,6 @@ use futures_util::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{AttachParams, Attached, Port, Refusal, Rejection, Shared, Transport};
-
-/// Close codes (RFC 6455 section 7.4.1).
-mod close {
-    pub const GOING_AWAY: u16 = 1001;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const RESTART: u16 = 1012;
-}
 
 pub(crate) async fn attach<P: Port>(
     State(shared): State<Shared<P>>,
@@ -89,7 +79,13 @@ async fn run<P: Port>(
                 }
                 Some(Ok(Message::Binary(_))) => send(&mut socket, text(shared.port.refuse(Refusal::BinaryMessage).frame), limit).await,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Ok(Message::Close(_))) => {
+                    // The close handshake: tungstenite has queued its answer (the client's code echoed, or 1002
+                    // for a code no endpoint may send); send it before the socket is dropped.
+                    let _ = tokio::time::timeout(limit, futures_util::SinkExt::flush(&mut socket)).await;
+                    break None;
+                }
+                None => break None,
                 Some(Err(err)) => match close_for(err) {
                     Ok(closing) => break closing,
                     // Pongs to a client's pings that it does not read: over the send buffer.
@@ -107,7 +103,7 @@ async fn run<P: Port>(
                 let _ = send(&mut socket, text(frame), limit).await;
                 break Some((close::RESTART, "draining"));
             }
-            _ = shared.shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
+            _ = shared.shutdown.cancelled() => break Some((close::AWAY, "server shutting down")),
         };
         if let Err(cut) = sent {
             if cut == Cut::Slow {
@@ -159,9 +155,11 @@ async fn refuse(mut socket: WebSocket, rejection: Rejection) {
 /// the client's unread pongs filled the send buffer.
 fn close_for(err: axum::Error) -> Result<Option<(u16, &'static str)>, Cut> {
     Ok(match err.into_inner().downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Some((close::TOO_BIG, "message over max_message_bytes")),
-        Some(tungstenite::Error::Utf8(_)) => Some((close::INVALID_DATA, "text message is not valid UTF-8")),
-        Some(tungstenite::Error::Protocol(_)) => Some((close::POLICY, "protocol violation")),
+        Some(tungstenite::Error::Capacity(_)) => Some((close::SIZE, "message over max_message_bytes")),
+        Some(tungstenite::Error::Utf8(_)) => Some((close::INVALID, "text message is not valid UTF-8")),
+        // Bad framing: unmasked, reserved bits or opcodes, broken fragmentation, an oversized or fragmented
+        // control frame, a malformed close frame.
+        Some(tungstenite::Error::Protocol(_)) => Some((close::PROTOCOL, "protocol violation")),
         Some(tungstenite::Error::WriteBufferFull(_)) => return Err(Cut::Slow),
         _ => None,
     })
@@ -172,6 +170,6 @@ fn text(frame: Bytes) -> Message {
     // not a copy, and a frame that failed it would be a bug there: the connection ends rather than send it.
     match Utf8Bytes::try_from(frame) {
         Ok(text) => Message::Text(text),
-        Err(_) => Message::Close(Some(CloseFrame { code: close::INTERNAL, reason: "frame was not UTF-8".into() })),
+        Err(_) => Message::Close(Some(CloseFrame { code: close::ERROR, reason: "frame was not UTF-8".into() })),
     }
 }
