@@ -68,10 +68,18 @@ impl Builder {
                 let (hub, commands) = Hub::with_listener();
                 let (prefix, retention) = (&settings.redis_prefix, settings.retention());
                 let observed = (limits.clone(), metrics.clone());
-                let store =
-                    RedisStore::connect_limited(url, prefix, retention, hub.clone(), commands, observed.0, observed.1)
-                        .await
-                        .map_err(|source| BuildError::Redis { url: url.clone(), source })?;
+                let store = RedisStore::connect_limited(
+                    url,
+                    prefix,
+                    retention,
+                    hub.clone(),
+                    commands,
+                    observed.0,
+                    observed.1,
+                    settings.durability(),
+                )
+                .await
+                .map_err(|source| BuildError::Redis { url: url.clone(), source })?;
                 assemble(store, hub, &settings, &handle, limits, metrics)?
             }
         };

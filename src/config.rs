@@ -43,6 +43,14 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_REDIS_PREFIX", default_value_t = defaults().redis_prefix)]
     pub redis_prefix: String,
 
+    /// Acknowledge a publish only once this many Redis replicas confirm it (WAIT); 0: once the primary has it.
+    #[arg(long, env = "STICKLESS_REDIS_MIN_REPLICAS", default_value_t = defaults().redis_min_replicas)]
+    pub redis_min_replicas: usize,
+
+    /// Milliseconds a publish waits for --redis-min-replicas before answering 503 (outcome unknown).
+    #[arg(long, env = "STICKLESS_REDIS_REPLICA_TIMEOUT_MS", default_value_t = defaults().redis_replica_timeout.as_millis() as u64)]
+    pub redis_replica_timeout_ms: u64,
+
     /// Transports to serve, comma-separated (websocket, sse, long-polling).
     #[arg(long, env = "STICKLESS_TRANSPORTS", default_value_t = TransportList(defaults().transports), value_parser = parse_transports)]
     pub transports: TransportList,
@@ -280,6 +288,8 @@ impl Config {
             "node_id" => |s: &mut Settings| s.node_id = self.node_id.clone();
             "redis_url" => |s: &mut Settings| s.redis_url = self.redis_url.clone();
             "redis_prefix" => |s: &mut Settings| s.redis_prefix = self.redis_prefix.clone();
+            "redis_min_replicas" => |s: &mut Settings| s.redis_min_replicas = self.redis_min_replicas;
+            "redis_replica_timeout_ms" => |s: &mut Settings| s.redis_replica_timeout = Duration::from_millis(self.redis_replica_timeout_ms);
             "transports" => |s: &mut Settings| s.transports = self.transports.0.clone();
             "history_size" => |s: &mut Settings| s.history_size = self.history_size;
             "history_ttl" => |s: &mut Settings| s.history_ttl = Duration::from_secs(self.history_ttl);
@@ -326,6 +336,8 @@ struct File {
     node_id: Option<String>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
+    redis_min_replicas: Option<usize>,
+    redis_replica_timeout_ms: Option<u64>,
     transports: Option<Vec<String>>,
     history_size: Option<usize>,
     history_ttl_s: Option<u64>,
@@ -429,6 +441,8 @@ impl File {
         set(&mut s.node_id, self.node_id.map(Some));
         set(&mut s.redis_url, self.redis_url.map(Some));
         set(&mut s.redis_prefix, self.redis_prefix);
+        set(&mut s.redis_min_replicas, self.redis_min_replicas);
+        set(&mut s.redis_replica_timeout, millis(self.redis_replica_timeout_ms));
         set(&mut s.transports, self.transports.map(|list| list.iter().filter_map(|t| Transport::parse(t)).collect()));
         set(&mut s.history_size, self.history_size);
         set(&mut s.history_ttl, secs(self.history_ttl_s));

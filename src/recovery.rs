@@ -18,6 +18,9 @@ pub struct LogBounds<'a> {
     pub first: u64,
     /// The newest offset ever written in this epoch (0: none).
     pub top: u64,
+    /// The epoch before this one when a new Redis primary started this one, and the top that primary kept:
+    /// offsets up to it are the same messages in both epochs.
+    pub previous: Option<(&'a Epoch, u64)>,
 }
 
 /// Where a read after a cursor starts.
@@ -33,10 +36,19 @@ pub struct Resume {
 ///
 /// A cursor of another epoch, or ahead of the log (it was written in a log that has since been lost), resumes
 /// from the oldest kept message with an `epoch` gap; a cursor older than the oldest kept message resumes there
-/// with a `trimmed` gap; anything else resumes where it is.
+/// with a `trimmed` gap; anything else resumes where it is. A cursor of the epoch a new primary replaced goes on
+/// where it is up to the top that primary kept, and past it (it saw messages that were lost) resumes from that
+/// top with an `epoch` gap.
 pub fn resume(after: &Cursor, bounds: LogBounds) -> Resume {
     let oldest = bounds.first.saturating_sub(1);
-    if after.epoch != *bounds.epoch || after.offset > bounds.top {
+    let mut same_epoch = after.epoch == *bounds.epoch;
+    if let Some((_, kept)) = bounds.previous.filter(|(previous, _)| !same_epoch && after.epoch == **previous) {
+        if after.offset > kept {
+            return Resume { after: kept.max(oldest), gap: Some(GapReason::Epoch) };
+        }
+        same_epoch = true;
+    }
+    if !same_epoch || after.offset > bounds.top {
         Resume { after: oldest, gap: Some(GapReason::Epoch) }
     } else if after.offset < oldest {
         Resume { after: oldest, gap: Some(GapReason::Trimmed) }
@@ -54,6 +66,8 @@ pub struct ResumeCase {
     pub top: u64,
     pub after_epoch: &'static str,
     pub after: u64,
+    /// The epoch a new primary replaced, and the top it kept.
+    pub previous: Option<(&'static str, u64)>,
     pub expected: Resume,
 }
 
@@ -63,7 +77,19 @@ const fn case(
     (after_epoch, after): (&'static str, u64),
     (resume_after, gap): (u64, Option<GapReason>),
 ) -> ResumeCase {
-    ResumeCase { name, log_epoch, first, top, after_epoch, after, expected: Resume { after: resume_after, gap } }
+    let expected = Resume { after: resume_after, gap };
+    ResumeCase { name, log_epoch, first, top, after_epoch, after, previous: None, expected }
+}
+
+/// A case in a log whose epoch a new primary started after `previous` with the top it `kept`.
+const fn after_failover(
+    name: &'static str,
+    (log_epoch, first, top, previous, kept): (&'static str, u64, u64, &'static str, u64),
+    after: (&'static str, u64),
+    expected: (u64, Option<GapReason>),
+) -> ResumeCase {
+    let plain = case(name, (log_epoch, first, top), after, expected);
+    ResumeCase { previous: Some((previous, kept)), ..plain }
 }
 
 /// The table every implementation of [`resume`] passes (the memory store through the function itself, the Redis
@@ -81,6 +107,18 @@ pub const RESUME_CASES: &[ResumeCase] = &[
     case("another epoch, new empty log", ("e1", 1, 0), ("e2", 7), (0, Some(GapReason::Epoch))),
     case("ahead of the log", ("e1", 1, 5), ("e1", 9), (0, Some(GapReason::Epoch))),
     case("ahead of an empty log", ("e1", 1, 0), ("e1", 1), (0, Some(GapReason::Epoch))),
+    after_failover("new primary, within what it kept", ("e2", 1, 12, "e1", 10), ("e1", 8), (8, None)),
+    after_failover("new primary, at the top it kept", ("e2", 1, 12, "e1", 10), ("e1", 10), (10, None)),
+    after_failover("new primary, past what it kept", ("e2", 1, 12, "e1", 10), ("e1", 13), (10, Some(GapReason::Epoch))),
+    after_failover("new primary, trimmed since", ("e2", 6, 12, "e1", 10), ("e1", 3), (5, Some(GapReason::Trimmed))),
+    after_failover(
+        "new primary, past it and trimmed",
+        ("e2", 12, 12, "e1", 10),
+        ("e1", 11),
+        (11, Some(GapReason::Epoch)),
+    ),
+    after_failover("new primary, already in its epoch", ("e2", 1, 12, "e1", 10), ("e2", 11), (11, None)),
+    after_failover("an epoch before the previous one", ("e2", 1, 12, "e1", 10), ("e0", 4), (0, Some(GapReason::Epoch))),
 ];
 
 /// What a feed does with a live message.
@@ -162,6 +200,13 @@ impl Tracker {
     }
 
     /// After a history read: a full batch leaves more to read; a short one means live messages count again.
+    /// The cursor of `channel` goes on at the same offset under the epoch a new primary started.
+    pub fn rebase(&mut self, channel: &ChannelName, cursor: Cursor) {
+        if let Some(t) = self.channels.get_mut(channel).filter(|t| t.cursor.offset == cursor.offset) {
+            t.cursor = cursor;
+        }
+    }
+
     pub fn finish_read(&mut self, channel: &ChannelName, full: bool) {
         if let Some(t) = self.channels.get_mut(channel) {
             t.dirty = full;
@@ -204,7 +249,9 @@ mod tests {
     fn resume_passes_the_table() {
         for case in RESUME_CASES {
             let log_epoch = epoch(case.log_epoch);
-            let bounds = LogBounds { epoch: &log_epoch, first: case.first, top: case.top };
+            let previous = case.previous.map(|(e, kept)| (epoch(e), kept));
+            let previous = previous.as_ref().map(|(e, kept)| (e, *kept));
+            let bounds = LogBounds { epoch: &log_epoch, first: case.first, top: case.top, previous };
             let got = resume(&Cursor::new(epoch(case.after_epoch), case.after), bounds);
             assert_eq!(got, case.expected, "{}", case.name);
         }
@@ -257,6 +304,10 @@ mod tests {
         assert_eq!(tracker.accept_live(&chat, &epoch("e2"), 12), Verdict::Deliver);
         tracker.mark_all_dirty();
         assert_eq!(tracker.accept_live(&chat, &epoch("e2"), 13), Verdict::ReadHistory);
+        tracker.rebase(&chat, Cursor::new(epoch("e3"), 12));
+        assert!(tracker.accept_history(&chat, &epoch("e3"), 13), "a rebased cursor goes on in the new epoch");
+        tracker.rebase(&chat, Cursor::new(epoch("e4"), 99));
+        assert!(tracker.accept_history(&chat, &epoch("e3"), 14), "a rebase only ever keeps the offset");
         tracker.retain(|_| false);
         assert!(!tracker.follows(&chat));
         assert_eq!(tracker.position().to_string(), "");

@@ -11,6 +11,7 @@ use crate::auth::token::TokenSettings;
 use crate::auth::{Namespace, Namespaces};
 use crate::limits::LimitSettings;
 use crate::model::ChannelName;
+use crate::store::redis::Durability;
 use crate::store::{Keep, Retention};
 
 /// The files a node serves at `/`.
@@ -34,6 +35,10 @@ pub struct Settings {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and pub/sub channel.
     pub redis_prefix: String,
+    /// Acknowledge a publish only once this many Redis replicas have it (`WAIT`); 0: once the primary has it.
+    pub redis_min_replicas: usize,
+    /// How long a publish waits for those replicas before answering 503 (outcome unknown).
+    pub redis_replica_timeout: Duration,
     /// The transports served.
     pub transports: Vec<Transport>,
     /// Messages each channel keeps for resume.
@@ -105,6 +110,8 @@ impl Default for Settings {
             node_id: None,
             redis_url: None,
             redis_prefix: "sl".into(),
+            redis_min_replicas: 0,
+            redis_replica_timeout: Duration::from_secs(1),
             transports: Transport::ALL.to_vec(),
             history_size: 1000,
             history_ttl: Duration::from_secs(3600),
@@ -166,6 +173,10 @@ impl Settings {
             *origin = origin.trim().trim_end_matches('/').to_owned();
         }
         self
+    }
+
+    pub(crate) fn durability(&self) -> Durability {
+        Durability { min_replicas: self.redis_min_replicas, replica_timeout: self.redis_replica_timeout }
     }
 
     pub(crate) fn retention(&self) -> Retention {

@@ -269,6 +269,9 @@ async fn redis_read_script_passes_the_resume_table() {
         let channel = ch(&format!("resume.{i}"));
         let top = case.top.to_string();
         redis.cli(&["HSET", &format!("resume:{{{channel}}}:m"), "e", case.log_epoch, "t", &top]).unwrap();
+        if let Some((previous, kept)) = case.previous {
+            redis.cli(&["HSET", &format!("resume:{{{channel}}}:m"), "pe", previous, "pt", &kept.to_string()]).unwrap();
+        }
         for offset in case.first..=case.top {
             let id = format!("{offset}-0");
             redis.cli(&["XADD", &format!("resume:{{{channel}}}:h"), &id, "t", &ts, "d", &offset.to_string()]).unwrap();

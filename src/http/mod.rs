@@ -16,7 +16,7 @@ use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use stickless_transports::{Lifecycle, Port, Refusal};
+use stickless_transports::Lifecycle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
@@ -30,7 +30,8 @@ use crate::store::Store;
 
 /// Every route of one node: the transports, `/v1/send`, `/v1/negotiate`, the backend API and the web files.
 pub(crate) fn router<S: Store>(gateway: Gateway<S>, settings: &Settings, lifecycle: Lifecycle) -> Router {
-    let internal = gateway.refuse(Refusal::Internal);
+    // Built once, told on each panic: not a refusal counted now.
+    let internal = Error::plain(ErrorCode::Internal).rejection();
     let lifecycle_drain = lifecycle.drain.clone();
     // CORS for the client endpoints only, from the same list as the WebSocket Origin check; the backend API
     // (`/v1/publish`, `/v1/presence`) is for servers and answers no browser page.

@@ -161,8 +161,8 @@ pub fn router<P: Port>(port: P, config: TransportConfig, lifecycle: Lifecycle) -
         let route = if shared.config.enabled.contains(&transport) {
             transport.route::<P>()
         } else {
-            let refused = shared.port.refuse(Refusal::TransportDisabled(transport));
-            any(move || async move { refused })
+            // Refused per request, so each refusal is counted as it happens.
+            any(move |State(shared): State<Shared<P>>| async move { shared.port.refuse(Refusal::TransportDisabled(transport)) })
         };
         router = router.route(transport.path(), route);
     }

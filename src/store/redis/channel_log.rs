@@ -3,6 +3,9 @@
 //! A client's subscribe or publish may create a channel only within the node's channels per second: the script
 //! first runs without creating, and only a channel it finds absent is counted and created by a second run.
 
+use std::time::Instant;
+
+use fred::interfaces::ServerInterface;
 use fred::types::scripts::Script;
 use fred::types::Value;
 use serde_json::value::RawValue;
@@ -37,7 +40,22 @@ impl ChannelLog for RedisStore {
             from,
         ];
         // The backend creates channels freely; a client within the node's rate.
-        append_reply(&self.creating(&self.scripts.append, keys, args, append.creator).await?)
+        let Some(writers) = &self.writers else {
+            return append_reply(&self.creating(&self.client, &self.scripts.append, keys, args, append.creator).await?);
+        };
+        // With min_replicas, the write and its WAIT go on one connection: WAIT counts that connection's writes.
+        let writer = writers.next();
+        let cursor = append_reply(&self.creating(writer, &self.scripts.append, keys, args, append.creator).await?)?;
+        let (wanted, within) = (self.durability.min_replicas, self.durability.replica_timeout);
+        let started = Instant::now();
+        let confirmed: Result<i64, _> = writer.wait(wanted as i64, within.as_millis().max(1) as i64).await;
+        self.metrics.store_round_trip(started.elapsed(), confirmed.is_ok());
+        match confirmed.map_err(super::unavailable)? {
+            n if n >= wanted as i64 => Ok(cursor),
+            n => Err(StoreError::Unavailable(format!(
+                "stored on the primary but confirmed by {n} of {wanted} replicas within {within:?}"
+            ))),
+        }
     }
 
     async fn read(&self, channel: &ChannelName, after: &Cursor, limit: usize) -> Result<History, StoreError> {
@@ -50,11 +68,13 @@ impl ChannelLog for RedisStore {
             self.meta_ttl_ms(self.retention.history_ttl).to_string(),
             self.empty_ttl_ms().to_string(),
         ];
-        let reply = ReadReply::try_from(self.eval(&self.scripts.read, keys, args).await?)?;
+        let reply = ReadReply::try_from(self.eval(&self.client, &self.scripts.read, keys, args).await?)?;
         let gap = reply.gap.map(|reason| (Cursor::new(reply.epoch.clone(), reply.after), reason));
         let messages =
             reply.entries.into_iter().map(|entry| message(channel, &reply.epoch, entry)).collect::<Result<_, _>>()?;
-        Ok(History { gap, messages })
+        let rebased =
+            (gap.is_none() && reply.epoch != after.epoch).then(|| Cursor::new(reply.epoch.clone(), reply.after));
+        Ok(History { gap, messages, rebased })
     }
 
     async fn top(&self, channel: &ChannelName, creator: Creator) -> Result<Cursor, StoreError> {
@@ -64,7 +84,7 @@ impl ChannelLog for RedisStore {
             self.meta_ttl_ms(self.retention.history_ttl).to_string(),
             self.empty_ttl_ms().to_string(),
         ];
-        top_reply(self.creating(&self.scripts.top, keys, args, creator).await?)
+        top_reply(self.creating(&self.client, &self.scripts.top, keys, args, creator).await?)
     }
 }
 
@@ -74,6 +94,7 @@ impl RedisStore {
     /// before the second run creates it.
     async fn creating(
         &self,
+        client: &fred::clients::Client,
         script: &Script,
         keys: Vec<String>,
         mut args: Vec<String>,
@@ -81,21 +102,21 @@ impl RedisStore {
     ) -> Result<Value, StoreError> {
         let Creator::Client(ip) = creator else {
             args.push("1".into());
-            return self.eval(script, keys, args).await;
+            return self.eval(client, script, keys, args).await;
         };
         if !self.limits.limits_channels() {
             args.push("1".into());
-            return self.eval(script, keys, args).await;
+            return self.eval(client, script, keys, args).await;
         }
         args.push("0".into());
-        let reply = self.eval(script, keys.clone(), args.clone()).await?;
+        let reply = self.eval(client, script, keys.clone(), args.clone()).await?;
         if !absent(&reply) {
             return Ok(reply);
         }
         self.limits.new_channel(ip).map_err(StoreError::RateLimited)?;
         args.pop();
         args.push("1".into());
-        self.eval(script, keys, args).await
+        self.eval(client, script, keys, args).await
     }
 }
 

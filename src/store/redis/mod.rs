@@ -31,8 +31,26 @@ use crate::model::now_ms;
 use keys::Keys;
 use scripts::Scripts;
 
+/// How Redis acknowledges a publish (docs/ARCHITECTURE.md, "Guarantees").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    /// Acknowledge a publish only once this many replicas have it (`WAIT`); 0: once the primary has it.
+    pub min_replicas: usize,
+    /// How long to wait for them; past it the publish answers 503 `store_unavailable` (outcome unknown).
+    pub replica_timeout: Duration,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability { min_replicas: 0, replica_timeout: Duration::from_secs(1) }
+    }
+}
+
 pub struct RedisStore {
     client: Client,
+    /// With `min_replicas`: connections for publishes, each write followed by its `WAIT` on the same one.
+    writers: Option<fred::clients::Pool>,
+    durability: Durability,
     hub: Arc<Hub>,
     retention: Retention,
     keys: Keys,
@@ -63,10 +81,12 @@ impl RedisStore {
         commands: mpsc::UnboundedReceiver<ListenCommand>,
     ) -> Result<Arc<Self>, StoreError> {
         let (limits, metrics) = (Limits::new(&LimitSettings::off()), Metrics::new());
-        Self::connect_limited(url, prefix, retention, hub, commands, limits, metrics).await
+        Self::connect_limited(url, prefix, retention, hub, commands, limits, metrics, Durability::default()).await
     }
 
-    /// [`RedisStore::connect`] within the node's `limits`, counting its round trips in `metrics`.
+    /// [`RedisStore::connect`] within the node's `limits`, counting its round trips in `metrics`, acknowledging
+    /// publishes as `durability` says.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn connect_limited(
         url: &str,
         prefix: &str,
@@ -75,9 +95,14 @@ impl RedisStore {
         commands: mpsc::UnboundedReceiver<ListenCommand>,
         limits: Limits,
         metrics: Metrics,
+        durability: Durability,
     ) -> Result<Arc<Self>, StoreError> {
         let config = Config::from_url(url).map_err(unavailable)?;
         let sharded = config.server.is_clustered();
+        if sharded && durability.min_replicas > 0 {
+            // WAIT has no key: it would go to any shard, not the one that took the write.
+            return Err(StoreError::Unavailable("--redis-min-replicas is not supported on Redis Cluster".into()));
+        }
         let mut builder = Builder::from_config(config);
         builder
             // Without a policy fred never reconnects; retry forever, backing off to 2 s.
@@ -97,12 +122,32 @@ impl RedisStore {
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
+        let writers = match durability.min_replicas {
+            0 => None,
+            _ => {
+                let pool = builder.build_pool(4).map_err(unavailable)?;
+                pool.init().await.map_err(unavailable)?;
+                Some(pool)
+            }
+        };
         let scripts = Scripts::load();
         let keys = Keys::new(prefix);
         let probe = keys.probe(&crate::model::random_hex(8));
         let live_at = AtomicU64::new(now_ms());
-        let store =
-            Arc::new(RedisStore { client, hub, retention, keys, sharded, scripts, limits, metrics, probe, live_at });
+        let store = Arc::new(RedisStore {
+            client,
+            writers,
+            durability,
+            hub,
+            retention,
+            keys,
+            sharded,
+            scripts,
+            limits,
+            metrics,
+            probe,
+            live_at,
+        });
         tokio::spawn(listener::run(Arc::downgrade(&store), subscriber, commands));
         Ok(store)
     }
@@ -122,9 +167,15 @@ impl RedisStore {
         d.as_millis().max(1).to_string()
     }
 
-    async fn eval(&self, script: &Script, keys: Vec<String>, args: Vec<String>) -> Result<Value, StoreError> {
+    async fn eval(
+        &self,
+        client: &Client,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, StoreError> {
         let started = Instant::now();
-        let result = script.evalsha_with_reload(&self.client, keys, args).await;
+        let result = script.evalsha_with_reload(client, keys, args).await;
         self.metrics.store_round_trip(started.elapsed(), result.is_ok());
         result.map_err(unavailable)
     }

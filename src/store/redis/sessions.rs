@@ -96,11 +96,12 @@ impl Sessions for RedisStore {
             max.to_string(),
             Self::ttl_ms(self.retention.session_ttl),
         ];
-        let in_force = match SubscribeReply::try_from(self.eval(&self.scripts.subscribe, keys, args).await?)? {
-            SubscribeReply::Gone => return Ok(None),
-            SubscribeReply::Full => return Err(StoreError::TooManySubscriptions(max)),
-            SubscribeReply::InForce(cursor) => cursor,
-        };
+        let in_force =
+            match SubscribeReply::try_from(self.eval(&self.client, &self.scripts.subscribe, keys, args).await?)? {
+                SubscribeReply::Gone => return Ok(None),
+                SubscribeReply::Full => return Err(StoreError::TooManySubscriptions(max)),
+                SubscribeReply::InForce(cursor) => cursor,
+            };
         self.mark_present(pid, channel).await?;
         Ok(Some(in_force))
     }
@@ -112,7 +113,9 @@ impl Sessions for RedisStore {
     }
 
     async fn set_grant(&self, id: &SessionId, grant: &Grant) -> Result<bool, StoreError> {
-        let reply = self.eval(&self.scripts.set_grant, vec![self.keys.session(id)], vec![grant_json(grant)]).await?;
+        let reply = self
+            .eval(&self.client, &self.scripts.set_grant, vec![self.keys.session(id)], vec![grant_json(grant)])
+            .await?;
         Ok(reply.as_u64() == Some(1))
     }
 

@@ -2,6 +2,7 @@
 -- (SPUBLISH on a cluster) whatever the number of subscribers.
 -- KEYS: meta, stream, [dedupe]. ARGV: data, ts, history_size, history_ttl_ms, dedupe_ttl_ms, live topic,
 -- candidate epoch, sharded ('1'/'0'), meta_ttl_ms, sender (JSON, or '' for the backend), may create ('1'/'0').
+-- Under a new primary the first append starts a new epoch (check_lineage).
 -- Reply: the stored cursor, `epoch@offset` (the first append's cursor for a seen dedupe key), or 'absent' for a
 -- channel that does not exist and may not be created.
 if #KEYS == 3 then
@@ -10,6 +11,7 @@ if #KEYS == 3 then
 end
 local epoch = ensure_epoch(ARGV[7], ARGV[11] == '1')
 if not epoch then return 'absent' end
+epoch = check_lineage(epoch, ARGV[7])
 local off = redis.call('HINCRBY', KEYS[1], 't', 1)
 if ARGV[10] == '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], off .. '-0', 't', ARGV[2], 'd', ARGV[1])

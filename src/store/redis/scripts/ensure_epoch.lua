@@ -12,3 +12,22 @@ local function ensure_epoch(candidate, may_create)
   end
   return epoch
 end
+
+-- A channel last written under another primary (KEYS[1]'s `r`: that primary's replication id, which Redis gives
+-- anew to every new primary, a promoted replica or a restarted server) may have lost acknowledged messages after
+-- the ones this primary holds, and clients may hold cursors past them. So its next message starts a new epoch
+-- from `candidate`, remembering the old one (`pe`) and the top this primary kept (`pt`): a client at or before
+-- `pt` goes on as if nothing happened (those offsets are the same messages), one past it gets an `epoch` gap,
+-- and no offset is ever reused for a different message under the same epoch.
+local function check_lineage(epoch, candidate)
+  local now = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+  local was = redis.call('HGET', KEYS[1], 'r')
+  if was == now then return epoch end
+  if was then
+    local kept = redis.call('HGET', KEYS[1], 't') or '0'
+    redis.call('HSET', KEYS[1], 'e', candidate, 'pe', epoch, 'pt', kept, 'r', now)
+    return candidate
+  end
+  redis.call('HSET', KEYS[1], 'r', now)
+  return epoch
+end

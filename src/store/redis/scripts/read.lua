@@ -9,6 +9,7 @@ if top == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[6]) else redis.call('PEXPIR
 local first = top + 1
 local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 if head[1] then first = tonumber(string.match(head[1][1], '^(%d+)')) end
-local after, gap = resume(ARGV[1], tonumber(ARGV[2]), epoch, first, top)
+local previous = redis.call('HMGET', KEYS[1], 'pe', 'pt')
+local after, gap = resume(ARGV[1], tonumber(ARGV[2]), epoch, first, top, previous[1], tonumber(previous[2]))
 local entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', ARGV[3])
 return {epoch, gap, after, entries}
