@@ -327,8 +327,12 @@ export class StickError extends Error {
   frame?: ErrorFrame;
 }
 
-/** Parses a protocol position string into [channel, cursor] pairs; malformed parts are skipped. */
-export function parsePosition(text: string | null | undefined): Array<[string, Cursor]>;
+/**
+ * Parses a protocol position string into [channel, cursor] pairs; malformed parts are skipped. An entry written
+ * as a key (`~` and 16 hex digits: a name over 17 characters) is named by the channel in `channels` with that
+ * key, and keeps its key when none has it.
+ */
+export function parsePosition(text: string | null | undefined, channels?: Iterable<string>): Array<[string, Cursor]>;
 
 export class Stickless {
   constructor(options?: StickOptions);
@@ -352,7 +356,7 @@ export class Stickless {
   readonly heartbeatMs: number;
   readonly pollTimeoutMs: number;
   readonly limits: Limits;
-  /** The protocol position: `channel@epoch@offset` for every subscribed channel with a known cursor. */
+  /** The protocol position: `channel@epoch@offset` (a long name as its key) for every subscribed channel with a known cursor. */
   readonly position: string;
 
   on<E extends keyof StickEvents>(event: E, listener: (payload: StickEvents[E]) => void): this;

@@ -21,6 +21,11 @@ const MAX_BACKOFF_MS = 10000;
 const BASE_BACKOFF_MS = 250;
 /** How often a frame answered `store_unavailable` (outcome unknown) is sent again, with the same id. */
 const MAX_UNKNOWN_RETRIES = 6;
+/**
+ * The longest channel list a new session's attach URL carries (`channels=`); a longer one is subscribed by frames
+ * after the welcome, as a long URL fails behind a proxy (nginx answers 414 past 8 KB, 64 names of 128 characters).
+ */
+const MAX_ATTACH_CHANNELS_CHARS = 1500;
 /** Attach refusals no other transport would fare better with: they are about who the client is, or how often. */
 const REFUSALS = new Set(["token_expired", "token_invalid", "forbidden", "rate_limited"]);
 /** The refusal a bare HTTP status stands for, when a runtime tells only the status (Node's `ws`, `eventsource`). */
@@ -142,7 +147,7 @@ export class Stickless {
 
   // ---- public API -----------------------------------------------------------------------------------------
 
-  /** The protocol position: `channel@epoch@offset` for every subscribed channel with a known cursor. */
+  /** The protocol position: `channel@epoch@offset` (a long name as its key) for every subscribed channel with a known cursor. */
   get position() {
     return formatPosition([...this._subs].filter((ch) => this._cursors.has(ch)).map((ch) => [ch, this._cursors.get(ch)]));
   }
@@ -495,7 +500,7 @@ export class Stickless {
    */
   _adoptEnvelope(body) {
     if (body.session && !this.sessionId) this.sessionId = body.session;
-    for (const [ch, cur] of parsePosition(body.position)) {
+    for (const [ch, cur] of parsePosition(body.position, this._subs)) {
       if (this._subs.has(ch) && !this._cursors.has(ch)) this._cursors.set(ch, cur);
     }
   }
@@ -864,8 +869,17 @@ export class Stickless {
     if (this.sessionId) q.set("session", this.sessionId);
     const pos = this.position;
     if (pos) q.set("position", pos);
-    // A new session (first connect or after session_unknown) subscribes at attach; `position` sets each start.
-    if (!this.sessionId && this._subs.size && !this._subscribeAfterWelcome) q.set("channels", [...this._subs].join(","));
+    // A new session (first connect or after session_unknown) subscribes at attach; `position` sets each start. A
+    // list too long for the URL is subscribed after the welcome instead, each frame with its cursor.
+    if (!this.sessionId && this._subs.size && !this._subscribeAfterWelcome) {
+      const channels = [...this._subs].join(",");
+      if (channels.length <= MAX_ATTACH_CHANNELS_CHARS) {
+        q.set("channels", channels);
+      } else {
+        this._subscribeAfterWelcome = true;
+        this._needResubscribe = true;
+      }
+    }
     url.search = q.toString();
     return url;
   }

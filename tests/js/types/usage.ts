@@ -56,7 +56,7 @@ async function main(): Promise<void> {
   client.block("websocket", false);
   client.drop();
   const position: string = client.position;
-  for (const [channel, cursor] of parsePosition(position)) console.log(channel, cursor.epoch, cursor.offset);
+  for (const [channel, cursor] of parsePosition(position, new Set(["chat"]))) console.log(channel, cursor.epoch, cursor.offset);
   console.log(switched, client.cursor("chat")?.offset, client.limits.max_frames_per_send, client.state === "connected");
   try {
     await client.publish("chat", 1);
