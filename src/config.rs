@@ -91,6 +91,10 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_MAX_SUBSCRIPTIONS", default_value_t = defaults().max_subscriptions)]
     pub max_subscriptions: usize,
 
+    /// How deeply message data may nest arrays and objects.
+    #[arg(long, env = "STICKLESS_MAX_DATA_DEPTH", default_value_t = defaults().max_data_depth)]
+    pub max_data_depth: usize,
+
     /// Most frames in one POST /v1/send.
     #[arg(long, env = "STICKLESS_MAX_FRAMES_PER_SEND", default_value_t = defaults().max_frames_per_send)]
     pub max_frames_per_send: usize,
@@ -299,6 +303,7 @@ impl Config {
             "heartbeat_ms" => |s: &mut Settings| s.heartbeat = Duration::from_millis(self.heartbeat_ms);
             "max_message_bytes" => |s: &mut Settings| s.max_message_bytes = self.max_message_bytes;
             "max_subscriptions" => |s: &mut Settings| s.max_subscriptions = self.max_subscriptions;
+            "max_data_depth" => |s: &mut Settings| s.max_data_depth = self.max_data_depth;
             "max_frames_per_send" => |s: &mut Settings| s.max_frames_per_send = self.max_frames_per_send;
             "max_batch" => |s: &mut Settings| s.max_batch = self.max_batch;
             "max_connections" => |s: &mut Settings| s.max_connections = self.max_connections;
@@ -347,6 +352,7 @@ struct File {
     heartbeat_ms: Option<u64>,
     max_message_bytes: Option<usize>,
     max_subscriptions: Option<usize>,
+    max_data_depth: Option<usize>,
     max_frames_per_send: Option<usize>,
     max_batch: Option<usize>,
     max_connections: Option<usize>,
@@ -452,6 +458,7 @@ impl File {
         set(&mut s.heartbeat, millis(self.heartbeat_ms));
         set(&mut s.max_message_bytes, self.max_message_bytes);
         set(&mut s.max_subscriptions, self.max_subscriptions);
+        set(&mut s.max_data_depth, self.max_data_depth);
         set(&mut s.max_frames_per_send, self.max_frames_per_send);
         set(&mut s.max_batch, self.max_batch);
         set(&mut s.max_connections, self.max_connections);

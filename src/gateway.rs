@@ -155,6 +155,11 @@ impl<S: Store> Gateway<S> {
         if data.get().len() > max {
             return Err(Error::PayloadTooLarge(max));
         }
+        // Subscribers must be able to parse what they are sent: serde_json, for one, stops at 128 levels.
+        let deepest = self.settings().max_data_depth;
+        if protocol::json_depth(data) > deepest {
+            return Err(Error::invalid(format!("data nests deeper than max_data_depth ({deepest}) levels")));
+        }
         let data = protocol::compact(data);
         let keep = self.settings().keep(channel);
         let cursor =

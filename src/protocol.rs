@@ -599,6 +599,34 @@ impl Negotiation<'_> {
     }
 }
 
+/// How deeply `data` (valid JSON) nests arrays and objects: `1` is `1`, `[1]` is 1 deep, `{"a":[1]}` 2 deep. A
+/// scan, not a parse, so a deep document costs no stack.
+pub fn json_depth(data: &RawValue) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in data.get().bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// `data` without the whitespace between its tokens. Strings and numbers stay byte for byte as sent (no
 /// re-serialization), and the result holds no line break, so every frame fits one SSE `data:` line.
 pub fn compact(data: &RawValue) -> Cow<'_, RawValue> {

@@ -55,6 +55,8 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// Largest frame, message data or request body, in bytes.
     pub max_message_bytes: usize,
+    /// How deeply message data may nest arrays and objects.
+    pub max_data_depth: usize,
     /// Most channels one session subscribes to.
     pub max_subscriptions: usize,
     /// Most frames in one `POST /v1/send` (and messages in one batch publish).
@@ -120,6 +122,7 @@ impl Default for Settings {
             poll_timeout: Duration::from_secs(25),
             heartbeat: Duration::from_secs(15),
             max_message_bytes: 64 * 1024,
+            max_data_depth: 32,
             max_subscriptions: 64,
             max_frames_per_send: 100,
             max_batch: 100,

@@ -631,3 +631,38 @@ async fn connections_over_the_limit_get_503_over_capacity() {
     let r = http().get(format!("{}/v1/poll?channels=a", node.url)).send().await.unwrap();
     assert_eq!(error_code(r, 503).await, "over_capacity");
 }
+
+/// Message data may nest arrays and objects `--max-data-depth` (32) levels deep; deeper is refused with
+/// `invalid_frame`, on the backend API and upstream alike, and a 30,000-level array costs a scan, not a stack.
+#[tokio::test]
+async fn message_data_nested_past_max_data_depth_is_refused() {
+    let node = Node::start(&[]).await;
+    let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let publish_raw = |data: String| {
+        http()
+            .post(format!("{}/v1/publish", node.url))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"channel":"deep","data":{data}}}"#))
+            .send()
+    };
+    assert_eq!(publish_raw(nested(32)).await.unwrap().status(), 200, "32 levels are fine");
+    assert_eq!(
+        publish_raw(r#"{"a":[{"b":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}]}"#.into()).await.unwrap().status(),
+        200,
+        "brackets in strings do not count"
+    );
+    for depth in [33, 30_000] {
+        let r = publish_raw(nested(depth)).await.unwrap();
+        assert_eq!(error_code(r, 400).await, "invalid_frame", "{depth} levels");
+    }
+    let mut ws = Ws::connect(&node.ws_url(), "channels=deep").await;
+    let frame = format!(r#"{{"type":"publish","id":"d1","channel":"deep","data":{}}}"#, nested(33));
+    ws.stream.send(WsMessage::text(frame)).await.unwrap();
+    let answer = loop {
+        let f = ws.next().await.expect("an answer");
+        if f["type"] != "message" {
+            break f;
+        }
+    };
+    assert_eq!((answer["type"].as_str(), answer["code"].as_str()), (Some("error"), Some("invalid_frame")), "{answer}");
+}

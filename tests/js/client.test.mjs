@@ -307,8 +307,9 @@ test("an expired session is replaced and every channel resumes from the client's
     await waitFor(() => got.length >= 10, 20000, "the first 10 messages");
     const oldSession = c.sessionId;
 
-    // Cut the client off long enough for its session to expire (TTL 1 s), publishing meanwhile.
-    c.block("websocket", true);
+    // Cut the client off long enough for its session to expire (TTL 1 s), publishing meanwhile. Every transport
+    // is blocked: the network is down, so not even a probe of the session reaches the server and keeps it alive.
+    for (const t of TRANSPORTS) c.block(t, true);
     await waitFor(() => c.state === "reconnecting", 10000, "the client noticing the cut");
     for (let i = 11; i <= 30; i++) await publish(gw3.url, channel, { i });
     await sleep(2500); // the session TTL has to pass: there is nothing to wait for but time
@@ -316,7 +317,7 @@ test("an expired session is replaced and every channel resumes from the client's
     assert.equal(gone.status, 404);
     assert.equal(gone.body.error.code, "session_unknown");
 
-    c.block("websocket", false);
+    for (const t of TRANSPORTS) c.block(t, false);
     await waitFor(() => c.state === "connected", 30000, "reconnected with a new session");
     assert.notEqual(c.sessionId, oldSession);
     assert.ok(errors.some((e) => e && e.code === "session_unknown"), "the client saw session_unknown");

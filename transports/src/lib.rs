@@ -162,7 +162,9 @@ pub fn router<P: Port>(port: P, config: TransportConfig, lifecycle: Lifecycle) -
             transport.route::<P>()
         } else {
             // Refused per request, so each refusal is counted as it happens.
-            any(move |State(shared): State<Shared<P>>| async move { shared.port.refuse(Refusal::TransportDisabled(transport)) })
+            any(move |State(shared): State<Shared<P>>| async move {
+                shared.port.refuse(Refusal::TransportDisabled(transport))
+            })
         };
         router = router.route(transport.path(), route);
     }
@@ -255,4 +257,44 @@ pub(crate) fn json_response(body: impl Into<axum::body::Body>) -> Response {
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Uri;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a client puts in the attach query, it parses or is refused (a 400 `invalid_frame`).
+        #[test]
+        fn any_attach_query_parses_or_is_refused(query in "[ -~]{0,300}") {
+            if let Ok(uri) = format!("/v1/poll?{query}").parse::<Uri>() {
+                let _ = Query::<AttachQuery>::try_from_uri(&uri);
+            }
+        }
+
+        /// A well-formed query says what it holds, percent-escapes and repeated keys included.
+        #[test]
+        fn a_well_formed_attach_query_says_what_it_holds(
+            session in "[a-f0-9]{0,32}",
+            position in "[A-Za-z0-9@,~._:-]{0,80}",
+            channels in "[A-Za-z0-9_.:/,-]{0,80}",
+            token in "[A-Za-z0-9._-]{0,80}",
+        ) {
+            let escaped = channels.replace(':', "%3A").replace('/', "%2F");
+            let uri: Uri = format!("/v1/sse?session={session}&position={position}&channels={escaped}&token={token}")
+                .parse()
+                .unwrap();
+            let Query(query) = Query::<AttachQuery>::try_from_uri(&uri).unwrap();
+            let attach = query.into_attach(Transport::Sse, true, Client::default());
+            prop_assert_eq!(attach.session, Some(session).filter(|s| !s.is_empty()));
+            prop_assert_eq!(attach.position, Some(position).filter(|s| !s.is_empty()));
+            prop_assert_eq!(attach.channels, Some(channels).filter(|s| !s.is_empty()));
+            prop_assert_eq!(attach.client.token, Some(token).filter(|s| !s.is_empty()));
+        }
+    }
 }

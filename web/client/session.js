@@ -256,6 +256,13 @@ export class Stickless {
     }
   }
 
+  /** Asks the server about `session` with a ping over POST /v1/send; with every transport blocked (`block`), the
+   * network is down and nothing reaches the server. */
+  _probe(session) {
+    if ([...TRANSPORTS.keys()].every((name) => this._blocked.has(name))) return Promise.resolve({ status: 0, code: "unreachable" });
+    return probeSession(this._fetch, this.url, session, this._nextId(), this.connectTimeoutMs);
+  }
+
   /** Drops the current connection like a network failure; the client reconnects and resumes. */
   drop() {
     if (this._conn) this._connectionLost(this._conn, new StickError("dropped", "dropped by drop()"));
@@ -948,11 +955,11 @@ export class Stickless {
         deliver: (f, node) => this._onFrame(conn, f, node),
         emit: (event, payload) => this._emit(event, payload),
         adoptEnvelope: (body) => this._adoptEnvelope(body),
-        probeSession: (session) => probeSession(this._fetch, this.url, session, this._nextId(), this.connectTimeoutMs),
+        probeSession: (session) => this._probe(session),
         // A refused attach of an existing session whose answer the runtime hides: the error the server names for
         // the session (session_unknown, token_expired, ...), or `err` when it names none.
         explainRefusal: async (session, err) => {
-          const { code } = await probeSession(this._fetch, this.url, session, this._nextId(), this.connectTimeoutMs);
+          const { code } = await this._probe(session);
           return code !== "ok" && code !== "unreachable" ? new StickError(code, `${err.message}: ${code}`, { status: err.status }) : err;
         },
       };
