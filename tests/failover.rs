@@ -67,13 +67,15 @@ async fn synced(replica: &Redis) {
     }
 }
 
-/// Publishes `data` until it is answered (the gateway reconnects after a failover); the stored answer.
+/// Publishes `data` until it is answered (the gateway reconnects after a failover), retrying with the same
+/// idempotency key as a real backend does, so a 503 (outcome unknown) is never stored twice; the stored answer.
 async fn publish_until_stored(url: &str, channel: &str, data: Value) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let key = format!("{channel}-{data}");
     loop {
         let sent = http()
             .post(format!("{url}/v1/publish"))
-            .json(&json!({ "channel": channel, "data": data }))
+            .json(&json!({ "channel": channel, "data": data, "idempotency_key": key }))
             .timeout(Duration::from_secs(5))
             .send()
             .await;
@@ -175,7 +177,7 @@ async fn a_failover_that_lost_acknowledged_writes_gives_their_readers_a_gap_neve
 async fn with_min_replicas_1_a_failover_loses_no_acknowledged_write() {
     let (mut primary, replica, proxy) = primary_and_replica().await;
     let node =
-        Node::start(&["--redis-url", &proxy.url(), "--redis-min-replicas", "1", "--redis-replica-timeout-ms", "300"])
+        Node::start(&["--redis-url", &proxy.url(), "--redis-min-replicas", "1", "--redis-replica-timeout-ms", "1000"])
             .await;
     let mut reader = Poller::open(&node.url, "mr").await;
     let mut acked = Vec::new();

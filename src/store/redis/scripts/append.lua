@@ -7,7 +7,11 @@
 -- channel that does not exist and may not be created.
 if #KEYS == 3 then
   local seen = redis.call('GET', KEYS[3])
-  if seen then return seen end
+  if seen then
+    -- A write, so that a WAIT after this retry on another connection also covers the first append's write.
+    redis.call('PEXPIRE', KEYS[3], ARGV[5])
+    return seen
+  end
 end
 local epoch = ensure_epoch(ARGV[7], ARGV[11] == '1')
 if not epoch then return 'absent' end
