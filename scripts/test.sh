@@ -37,7 +37,7 @@ export STICKLESS_BIN="$PWD/target/debug/stickless"
 
 results=$(mktemp)
 log "cargo test"
-cargo test --workspace 2>&1 | tee -a "$results"
+cargo test --workspace --no-fail-fast 2>&1 | tee -a "$results"
 rust=${PIPESTATUS[0]}
 
 log "node client tests (tests/js)"
