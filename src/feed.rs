@@ -124,9 +124,6 @@ pub fn open<S: ChannelLog + Sessions>(
                     Ok(history) => {
                         failing = false;
                         let full = history.messages.len() >= source.max_batch;
-                        if let Some(cursor) = history.rebased {
-                            state.tracker.rebase(&name, cursor);
-                        }
                         if let Some((resume, reason)) = history.gap {
                             let Some(previous) = state.tracker.apply_gap(&name, resume.clone()) else { continue };
                             connection.gap(reason.as_str());

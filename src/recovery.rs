@@ -36,20 +36,28 @@ pub struct Resume {
 ///
 /// A cursor of another epoch, or ahead of the log (it was written in a log that has since been lost), resumes
 /// from the oldest kept message with an `epoch` gap; a cursor older than the oldest kept message resumes there
-/// with a `trimmed` gap; anything else resumes where it is. A cursor of the epoch a new primary replaced goes on
-/// where it is up to the top that primary kept, and past it (it saw messages that were lost) resumes from that
-/// top with an `epoch` gap.
+/// with a `trimmed` gap; anything else resumes where it is. A cursor of the epoch a new primary replaced (which
+/// may have lost messages acknowledged after the top it kept) crosses into the new epoch with an `epoch` gap
+/// either way: where it is, skipping nothing, when at or before that top; from that top when past it (it saw
+/// messages that were lost). A cursor ahead of the log in its own epoch resumes after the top with an `epoch`
+/// gap (the Redis read script starts a new epoch first, so that gap moves the client on).
 pub fn resume(after: &Cursor, bounds: LogBounds) -> Resume {
     let oldest = bounds.first.saturating_sub(1);
-    let mut same_epoch = after.epoch == *bounds.epoch;
-    if let Some((_, kept)) = bounds.previous.filter(|(previous, _)| !same_epoch && after.epoch == **previous) {
-        if after.offset > kept {
-            return Resume { after: kept.max(oldest), gap: Some(GapReason::Epoch) };
-        }
-        same_epoch = true;
+    let crossing =
+        after.epoch != *bounds.epoch && bounds.previous.is_some_and(|(previous, _)| after.epoch == *previous);
+    if let Some((_, kept)) = bounds.previous.filter(|_| crossing) {
+        return if after.offset > kept {
+            Resume { after: kept.max(oldest), gap: Some(GapReason::Epoch) }
+        } else if after.offset < oldest {
+            Resume { after: oldest, gap: Some(GapReason::Trimmed) }
+        } else {
+            Resume { after: after.offset, gap: Some(GapReason::Epoch) }
+        };
     }
-    if !same_epoch || after.offset > bounds.top {
+    if after.epoch != *bounds.epoch {
         Resume { after: oldest, gap: Some(GapReason::Epoch) }
+    } else if after.offset > bounds.top {
+        Resume { after: bounds.top.max(oldest), gap: Some(GapReason::Epoch) }
     } else if after.offset < oldest {
         Resume { after: oldest, gap: Some(GapReason::Trimmed) }
     } else {
@@ -105,10 +113,15 @@ pub const RESUME_CASES: &[ResumeCase] = &[
     case("everything expired, caught up", ("e1", 9, 8), ("e1", 8), (8, None)),
     case("another epoch", ("e1", 4, 8), ("e2", 4), (3, Some(GapReason::Epoch))),
     case("another epoch, new empty log", ("e1", 1, 0), ("e2", 7), (0, Some(GapReason::Epoch))),
-    case("ahead of the log", ("e1", 1, 5), ("e1", 9), (0, Some(GapReason::Epoch))),
+    case("ahead of the log", ("e1", 1, 5), ("e1", 9), (5, Some(GapReason::Epoch))),
     case("ahead of an empty log", ("e1", 1, 0), ("e1", 1), (0, Some(GapReason::Epoch))),
-    after_failover("new primary, within what it kept", ("e2", 1, 12, "e1", 10), ("e1", 8), (8, None)),
-    after_failover("new primary, at the top it kept", ("e2", 1, 12, "e1", 10), ("e1", 10), (10, None)),
+    after_failover("new primary, within what it kept", ("e2", 1, 12, "e1", 10), ("e1", 8), (8, Some(GapReason::Epoch))),
+    after_failover(
+        "new primary, at the top it kept",
+        ("e2", 1, 12, "e1", 10),
+        ("e1", 10),
+        (10, Some(GapReason::Epoch)),
+    ),
     after_failover("new primary, past what it kept", ("e2", 1, 12, "e1", 10), ("e1", 13), (10, Some(GapReason::Epoch))),
     after_failover("new primary, trimmed since", ("e2", 6, 12, "e1", 10), ("e1", 3), (5, Some(GapReason::Trimmed))),
     after_failover(
@@ -200,13 +213,6 @@ impl Tracker {
     }
 
     /// After a history read: a full batch leaves more to read; a short one means live messages count again.
-    /// The cursor of `channel` goes on at the same offset under the epoch a new primary started.
-    pub fn rebase(&mut self, channel: &ChannelName, cursor: Cursor) {
-        if let Some(t) = self.channels.get_mut(channel).filter(|t| t.cursor.offset == cursor.offset) {
-            t.cursor = cursor;
-        }
-    }
-
     pub fn finish_read(&mut self, channel: &ChannelName, full: bool) {
         if let Some(t) = self.channels.get_mut(channel) {
             t.dirty = full;
@@ -304,10 +310,6 @@ mod tests {
         assert_eq!(tracker.accept_live(&chat, &epoch("e2"), 12), Verdict::Deliver);
         tracker.mark_all_dirty();
         assert_eq!(tracker.accept_live(&chat, &epoch("e2"), 13), Verdict::ReadHistory);
-        tracker.rebase(&chat, Cursor::new(epoch("e3"), 12));
-        assert!(tracker.accept_history(&chat, &epoch("e3"), 13), "a rebased cursor goes on in the new epoch");
-        tracker.rebase(&chat, Cursor::new(epoch("e4"), 99));
-        assert!(tracker.accept_history(&chat, &epoch("e3"), 14), "a rebase only ever keeps the offset");
         tracker.retain(|_| false);
         assert!(!tracker.follows(&chat));
         assert_eq!(tracker.position().to_string(), "");

@@ -301,7 +301,7 @@ impl ChannelLog for MemoryStore {
             let gap = from.gap.map(|reason| (Cursor::new(log.epoch.clone(), from.after), reason));
             let skip = (from.after + 1 - first) as usize;
             let messages = log.entries.iter().skip(skip).take(limit).map(|(_, m)| m.clone()).collect();
-            History { gap, messages, rebased: None }
+            History { gap, messages }
         })
     }
 

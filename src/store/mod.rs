@@ -83,9 +83,6 @@ pub struct History {
     pub gap: Option<(Cursor, GapReason)>,
     /// Messages after the cursor (or after the gap's cursor), oldest first.
     pub messages: Vec<Arc<Message>>,
-    /// Set when the cursor goes on, without a gap, in the epoch a new Redis primary started (it kept every
-    /// message the cursor had passed): the same offset under the new epoch.
-    pub rebased: Option<Cursor>,
 }
 
 /// Channels' logs: append, read after a cursor, and the newest cursor. Appends also wake live listeners.

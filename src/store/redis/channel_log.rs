@@ -72,9 +72,7 @@ impl ChannelLog for RedisStore {
         let gap = reply.gap.map(|reason| (Cursor::new(reply.epoch.clone(), reply.after), reason));
         let messages =
             reply.entries.into_iter().map(|entry| message(channel, &reply.epoch, entry)).collect::<Result<_, _>>()?;
-        let rebased =
-            (gap.is_none() && reply.epoch != after.epoch).then(|| Cursor::new(reply.epoch.clone(), reply.after));
-        Ok(History { gap, messages, rebased })
+        Ok(History { gap, messages })
     }
 
     async fn top(&self, channel: &ChannelName, creator: Creator) -> Result<Cursor, StoreError> {

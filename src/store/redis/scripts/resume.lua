@@ -7,9 +7,11 @@ local function resume(after_epoch, after, epoch, first, top, previous, kept)
   local oldest = first - 1
   if after_epoch ~= epoch and previous and after_epoch == previous then
     if after > kept then return math.max(kept, oldest), 'epoch' end
-    after_epoch = epoch
+    if after < oldest then return oldest, 'trimmed' end
+    return after, 'epoch'
   end
-  if after_epoch ~= epoch or after > top then return oldest, 'epoch' end
+  if after_epoch ~= epoch then return oldest, 'epoch' end
+  if after > top then return math.max(top, oldest), 'epoch' end
   if after < oldest then return oldest, 'trimmed' end
   return after, ''
 end
