@@ -557,3 +557,18 @@ async fn server_failures_are_logged_at_a_bounded_rate_with_the_session_they_hit(
     let scrape = Scrape::of(&node).await;
     assert!(scrape.value("stickless_refusals_total", Some(("reason", "store_unavailable"))) >= failed as f64);
 }
+
+/// A request head over 64 KiB is refused (431), not buffered up to the connection's write queue size.
+#[tokio::test]
+async fn a_request_head_over_64_kib_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::start(&[]).await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    let _ = stream.write_all(head.as_bytes()).await;
+    let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "the connection is closed");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let (status, _) = raw_get(&mut connect_from([127, 0, 0, 1], node.port).await, "/healthz").await;
+    assert_eq!(status, 200, "a normal head is served");
+}

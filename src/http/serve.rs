@@ -76,9 +76,12 @@ pub async fn serve(
     spawn_drain(lifecycle.clone(), window, drain_timeout);
     let gate = Gate::new(settings.max_tcp_connections, limits, metrics);
     let mut http = hyper::server::conn::http1::Builder::new();
+    // The write queue may hold `send_buffer` for a slow reader, but a request head never more than 64 KiB (nginx
+    // accepts 32 KiB by default): a client sending huge headers slowly costs little while it lasts.
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
-        .max_buf_size(settings.send_buffer.max(8192));
+        .max_buf_size(settings.send_buffer.max(8192))
+        .max_header_size(64 * 1024);
     let connections = TaskTracker::new();
     let shutdown = lifecycle.shutdown.clone();
     loop {
