@@ -12,12 +12,9 @@ import { createServer as createHttpServer, get as httpGet } from "node:http";
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import WebSocket from "ws";
-import { startRedis, startGateway, publish, getJson, postJson, sleep, waitFor, freePort, makeTempDir, uniq, tally } from "./harness.mjs";
+import { startRedis, startGateway, publish, getJson, sleep, waitFor, freePort, makeTempDir, uniq, tally } from "./harness.mjs";
 import { HAPROXY_CFG, startHaproxy, haproxyTimeouts } from "./haproxy.mjs";
-
-const COUNT = 300;
-// Short poll hold for the workload nodes: after the last message one more poll must come back empty quickly.
-const POLL_TIMEOUT_MS = 1000;
+import { COUNT, POLL_TIMEOUT_MS, openSession, nextPoll, longPollRun, assertExactlyOnceInOrder } from "./long-polling.mjs";
 
 let redis, link, n1, n2, hp;
 // A node with the gateway's default hold and heartbeat and a connect hook, behind its own haproxy.
@@ -104,85 +101,6 @@ after(async () => {
 
 
 
-// --- long-polling, as tests/js/nginx.test.mjs drives it ------------------------------------------------------
-
-/** GET /v1/poll through `base`; resolves with the answer {node, session, position, frames}. */
-async function poll(base, query, holdMs = POLL_TIMEOUT_MS) {
-  const { status, body } = await getJson(`${base}/v1/poll?${new URLSearchParams(query)}`, { signal: AbortSignal.timeout(holdMs + 15000) });
-  assert.equal(status, 200, `poll ${JSON.stringify(query)}: ${JSON.stringify(body)}`);
-  assert.ok(typeof body.node === "string" && Array.isArray(body.frames), `poll answer: ${JSON.stringify(body)}`);
-  return body;
-}
-
-async function openSession(base, query = {}) {
-  const body = await poll(base, query);
-  const welcome = body.frames.find((f) => f.type === "welcome");
-  assert.ok(welcome && welcome.session === body.session, `welcome in the first poll: ${JSON.stringify(body)}`);
-  return { session: body.session, position: body.position || "", createdOn: body.node };
-}
-
-async function nextPoll(base, s, holdMs) {
-  const query = { session: s.session };
-  if (s.position) query.position = s.position;
-  const body = await poll(base, query, holdMs);
-  assert.equal(body.session, s.session, "poll answer names our session");
-  s.position = body.position;
-  return body;
-}
-
-/**
- * One long-polling client through `base` on a fresh channel while a backend publishes `count` messages through
- * `publishTo(i)`. Resolves with {messages, polls (the node of each poll, in order)}. Every poll must answer 200.
- */
-async function longPollRun(base, { count = COUNT, publishTo }) {
-  const channel = uniq("lp");
-  const s = await openSession(base);
-  const { status, body: acks } = await postJson(`${base}/v1/send?session=${s.session}`, [{ type: "subscribe", id: "sub-1", channel }]);
-  assert.equal(status, 200, JSON.stringify(acks));
-  assert.equal(acks[0]?.type, "ack", `subscribe acked: ${JSON.stringify(acks)}`);
-
-  const publishing = (async () => {
-    for (let i = 1; i <= count; i++) {
-      const ack = await publish(publishTo(i), channel, { i });
-      assert.equal(ack.offset, i, `publish #${i} stored at offset ${i}`);
-      if (i % 10 === 0) await sleep(5);
-    }
-  })();
-  const messages = [];
-  const polls = [];
-  const deadline = Date.now() + 60000;
-  try {
-    while (!messages.some((m) => m.offset >= count)) {
-      assert.ok(Date.now() < deadline, `timed out with ${messages.length} of ${count} messages after ${polls.length} polls`);
-      const body = await nextPoll(base, s);
-      polls.push(body.node);
-      for (const f of body.frames) {
-        assert.notEqual(f.type, "gap", `no gap: ${JSON.stringify(f)}`);
-        if (f.type === "message" && f.channel === channel) messages.push(f);
-      }
-    }
-  } finally {
-    await publishing;
-  }
-  const tail = await nextPoll(base, s);
-  polls.push(tail.node);
-  assert.deepEqual(tail.frames, [], "nothing after the last message");
-  return { messages, polls };
-}
-
-function assertExactlyOnceInOrder(messages, count = COUNT) {
-  assert.deepEqual(
-    messages.map((m) => m.offset),
-    Array.from({ length: count }, (_, k) => k + 1),
-    "offsets 1..count, once each, in order",
-  );
-  for (const m of messages) assert.equal(m.data?.i, m.offset, `data of offset ${m.offset}`);
-  assert.equal(new Set(messages.map((m) => m.epoch)).size, 1, "one epoch throughout");
-}
-
-// --- SSE and WebSocket clients ---------------------------------------------------------------------------------
-
-/** An SSE stream read with fetch: {status, headers, events (parsed data), comments, ended(), close()}. */
 async function openSse(url) {
   const ac = new AbortController();
   const res = await fetch(url, { signal: ac.signal, headers: { accept: "text/event-stream" } });
