@@ -91,11 +91,8 @@ pub struct ProxyRange(ipnet::IpNet);
 
 impl ProxyRange {
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        match self.0 {
-            ipnet::IpNet::V4(net) => matches!(ip, IpAddr::V4(v4) if net.trunc().contains(&v4)),
-            ipnet::IpNet::V6(net) => matches!(ip, IpAddr::V6(v6) if net.trunc().contains(&v6)),
-        }
+        // ipnet compares against the range's network and broadcast, so host bits written in it do not matter.
+        self.0.contains(&ip.to_canonical())
     }
 }
 

@@ -603,19 +603,8 @@ impl Negotiation<'_> {
 /// scan, not a parse, so a deep document costs no stack.
 pub fn json_depth(data: &RawValue) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for b in data.get().bytes() {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    for (b, _) in in_strings(data.get()).filter(|(_, inside)| !inside) {
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -627,6 +616,26 @@ pub fn json_depth(data: &RawValue) -> usize {
     deepest
 }
 
+/// The bytes of JSON text, each with whether it lies inside a string (its quotes included): the one place that
+/// knows where strings and their escapes start and end, for the scans below.
+fn in_strings(text: &str) -> impl Iterator<Item = (u8, bool)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    text.bytes().map(move |b| {
+        let inside = in_string || b == b'"';
+        if !in_string {
+            in_string = b == b'"';
+        } else {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        }
+        (b, inside)
+    })
+}
+
 /// `data` without the whitespace between its tokens. Strings and numbers stay byte for byte as sent (no
 /// re-serialization), and the result holds no line break, so every frame fits one SSE `data:` line.
 pub fn compact(data: &RawValue) -> Cow<'_, RawValue> {
@@ -634,22 +643,12 @@ pub fn compact(data: &RawValue) -> Cow<'_, RawValue> {
     if !text.bytes().any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
         return Cow::Borrowed(data);
     }
-    let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            in_string = c == '"';
-            out.push(c);
-        }
-    }
+    let kept: Vec<u8> = in_strings(text)
+        .filter(|(b, inside)| *inside || !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .map(|(b, _)| b)
+        .collect();
+    // Only ASCII whitespace was dropped, so the bytes are still UTF-8.
+    let out = String::from_utf8(kept).unwrap_or_else(|_| text.to_owned());
     // Removing insignificant whitespace from valid JSON leaves valid JSON.
     match RawValue::from_string(out) {
         Ok(compacted) => Cow::Owned(compacted),

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use stickless::auth::token::{TokenSettings, Verifier};
 use stickless::model::{ChannelName, Cursor, Epoch, Position, SessionId};
-use stickless::protocol::{json_depth, Upstream};
+use stickless::protocol::{compact, json_depth, Upstream};
 use stickless::Config;
 
 fn channel_name() -> impl Strategy<Value = String> {
@@ -106,6 +106,13 @@ proptest! {
             let _ = SessionId::parse(session);
             let _ = Position::parse(position);
         }
+    }
+
+    #[test]
+    fn compacting_drops_only_the_whitespace_between_tokens(value in json_value()) {
+        let pretty = serde_json::value::RawValue::from_string(serde_json::to_string_pretty(&value).unwrap()).unwrap();
+        let compacted = compact(&pretty);
+        prop_assert_eq!(compacted.get(), value.to_string());
     }
 
     #[test]

@@ -300,12 +300,12 @@ struct Conn {
     stream: TcpStream,
     write_timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
-    _ticket: Ticket,
+    ticket: Ticket,
 }
 
 impl Conn {
     fn new(stream: TcpStream, write_timeout: Duration, ticket: Ticket) -> Conn {
-        Conn { stream, write_timeout, stalled: None, _ticket: ticket }
+        Conn { stream, write_timeout, stalled: None, ticket }
     }
 
     /// After a write: progress clears the deadline; a pending write starts it or, once it passed, fails.
@@ -318,7 +318,7 @@ impl Conn {
         let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match stalled.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err({
-                self._ticket.gate.0.metrics.slow_consumer_cut();
+                self.ticket.gate.0.metrics.slow_consumer_cut();
                 io::Error::new(io::ErrorKind::TimedOut, format!("the client read nothing for {timeout:?}"))
             })),
             Poll::Pending => Poll::Pending,
@@ -369,4 +369,17 @@ pub fn descriptor_budget() -> usize {
         .or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft))
         .unwrap_or(1024);
     limit.saturating_sub(KEPT).clamp(64, 1 << 24) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_tcp_cap_is_the_raised_open_file_limit_less_128() {
+        let budget = descriptor_budget() as u64;
+        let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+        assert_eq!(soft, hard, "the soft limit was raised to the hard one");
+        assert_eq!(budget, soft.saturating_sub(128).clamp(64, 1 << 24));
+    }
 }
