@@ -18,9 +18,9 @@ pub struct LogBounds<'a> {
     pub first: u64,
     /// The newest offset ever written in this epoch (0: none).
     pub top: u64,
-    /// The epoch before this one when a new Redis primary started this one, and the top that primary kept:
-    /// offsets up to it are the same messages in both epochs.
-    pub previous: Option<(&'a Epoch, u64)>,
+    /// The epochs changes of Redis primary replaced, newest first, each with the top the next primary kept of
+    /// it: offsets up to that top are the same messages in both epochs.
+    pub lineage: &'a [(Epoch, u64)],
 }
 
 /// Where a read after a cursor starts.
@@ -36,16 +36,20 @@ pub struct Resume {
 ///
 /// A cursor of another epoch, or ahead of the log (it was written in a log that has since been lost), resumes
 /// from the oldest kept message with an `epoch` gap; a cursor older than the oldest kept message resumes there
-/// with a `trimmed` gap; anything else resumes where it is. A cursor of the epoch a new primary replaced (which
-/// may have lost messages acknowledged after the top it kept) crosses into the new epoch with an `epoch` gap
-/// either way: where it is, skipping nothing, when at or before that top; from that top when past it (it saw
-/// messages that were lost). A cursor ahead of the log in its own epoch resumes after the top with an `epoch`
-/// gap (the Redis read script starts a new epoch first, so that gap moves the client on).
+/// with a `trimmed` gap; anything else resumes where it is. A cursor of an epoch in the log's lineage (replaced by
+/// a new primary, which may have lost messages acknowledged after the top it kept) crosses into the log's epoch
+/// with an `epoch` gap either way: where it is, skipping nothing, when at or before the lowest top kept since;
+/// from that top when past it (it saw messages that were lost). A cursor ahead of the log in its own epoch
+/// resumes after the top with an `epoch` gap (the Redis read script starts a new epoch first, so that gap moves
+/// the client on).
 pub fn resume(after: &Cursor, bounds: LogBounds) -> Resume {
     let oldest = bounds.first.saturating_sub(1);
-    let crossing =
-        after.epoch != *bounds.epoch && bounds.previous.is_some_and(|(previous, _)| after.epoch == *previous);
-    if let Some((_, kept)) = bounds.previous.filter(|_| crossing) {
+    if after.epoch != *bounds.epoch {
+        let Some(crossed) = bounds.lineage.iter().position(|(epoch, _)| *epoch == after.epoch) else {
+            return Resume { after: oldest, gap: Some(GapReason::Epoch) };
+        };
+        // Only what every change of primary since the client's epoch kept is the same.
+        let kept = bounds.lineage[..=crossed].iter().map(|&(_, kept)| kept).min().unwrap_or(0);
         return if after.offset > kept {
             Resume { after: kept.max(oldest), gap: Some(GapReason::Epoch) }
         } else if after.offset < oldest {
@@ -54,9 +58,7 @@ pub fn resume(after: &Cursor, bounds: LogBounds) -> Resume {
             Resume { after: after.offset, gap: Some(GapReason::Epoch) }
         };
     }
-    if after.epoch != *bounds.epoch {
-        Resume { after: oldest, gap: Some(GapReason::Epoch) }
-    } else if after.offset > bounds.top {
+    if after.offset > bounds.top {
         Resume { after: bounds.top.max(oldest), gap: Some(GapReason::Epoch) }
     } else if after.offset < oldest {
         Resume { after: oldest, gap: Some(GapReason::Trimmed) }
@@ -74,8 +76,8 @@ pub struct ResumeCase {
     pub top: u64,
     pub after_epoch: &'static str,
     pub after: u64,
-    /// The epoch a new primary replaced, and the top it kept.
-    pub previous: Option<(&'static str, u64)>,
+    /// The epochs changes of primary replaced, newest first, and the top each next primary kept.
+    pub lineage: &'static [(&'static str, u64)],
     pub expected: Resume,
 }
 
@@ -86,18 +88,19 @@ const fn case(
     (resume_after, gap): (u64, Option<GapReason>),
 ) -> ResumeCase {
     let expected = Resume { after: resume_after, gap };
-    ResumeCase { name, log_epoch, first, top, after_epoch, after, previous: None, expected }
+    ResumeCase { name, log_epoch, first, top, after_epoch, after, lineage: &[], expected }
 }
 
-/// A case in a log whose epoch a new primary started after `previous` with the top it `kept`.
+/// A case in a log whose epoch came after changes of primary (`lineage`, newest first: each replaced epoch and
+/// the top the next primary kept of it).
 const fn after_failover(
     name: &'static str,
-    (log_epoch, first, top, previous, kept): (&'static str, u64, u64, &'static str, u64),
+    log: (&'static str, u64, u64),
+    lineage: &'static [(&'static str, u64)],
     after: (&'static str, u64),
     expected: (u64, Option<GapReason>),
 ) -> ResumeCase {
-    let plain = case(name, (log_epoch, first, top), after, expected);
-    ResumeCase { previous: Some((previous, kept)), ..plain }
+    ResumeCase { lineage, ..case(name, log, after, expected) }
 }
 
 /// The table every implementation of [`resume`] passes (the memory store through the function itself, the Redis
@@ -115,23 +118,85 @@ pub const RESUME_CASES: &[ResumeCase] = &[
     case("another epoch, new empty log", ("e1", 1, 0), ("e2", 7), (0, Some(GapReason::Epoch))),
     case("ahead of the log", ("e1", 1, 5), ("e1", 9), (5, Some(GapReason::Epoch))),
     case("ahead of an empty log", ("e1", 1, 0), ("e1", 1), (0, Some(GapReason::Epoch))),
-    after_failover("new primary, within what it kept", ("e2", 1, 12, "e1", 10), ("e1", 8), (8, Some(GapReason::Epoch))),
+    after_failover(
+        "new primary, within what it kept",
+        ("e2", 1, 12),
+        &[("e1", 10)],
+        ("e1", 8),
+        (8, Some(GapReason::Epoch)),
+    ),
     after_failover(
         "new primary, at the top it kept",
-        ("e2", 1, 12, "e1", 10),
+        ("e2", 1, 12),
+        &[("e1", 10)],
         ("e1", 10),
         (10, Some(GapReason::Epoch)),
     ),
-    after_failover("new primary, past what it kept", ("e2", 1, 12, "e1", 10), ("e1", 13), (10, Some(GapReason::Epoch))),
-    after_failover("new primary, trimmed since", ("e2", 6, 12, "e1", 10), ("e1", 3), (5, Some(GapReason::Trimmed))),
+    after_failover(
+        "new primary, past what it kept",
+        ("e2", 1, 12),
+        &[("e1", 10)],
+        ("e1", 13),
+        (10, Some(GapReason::Epoch)),
+    ),
+    after_failover(
+        "new primary, trimmed since",
+        ("e2", 6, 12),
+        &[("e1", 10)],
+        ("e1", 3),
+        (5, Some(GapReason::Trimmed)),
+    ),
     after_failover(
         "new primary, past it and trimmed",
-        ("e2", 12, 12, "e1", 10),
+        ("e2", 12, 12),
+        &[("e1", 10)],
         ("e1", 11),
         (11, Some(GapReason::Epoch)),
     ),
-    after_failover("new primary, already in its epoch", ("e2", 1, 12, "e1", 10), ("e2", 11), (11, None)),
-    after_failover("an epoch before the previous one", ("e2", 1, 12, "e1", 10), ("e0", 4), (0, Some(GapReason::Epoch))),
+    after_failover("new primary, already in its epoch", ("e2", 1, 12), &[("e1", 10)], ("e2", 11), (11, None)),
+    after_failover(
+        "an epoch before the previous one",
+        ("e2", 1, 12),
+        &[("e1", 10)],
+        ("e0", 4),
+        (0, Some(GapReason::Epoch)),
+    ),
+    // A restarted primary changes its replication id twice (at boot, then when its first replica attaches).
+    after_failover(
+        "two changes, within what both kept",
+        ("e3", 1, 14),
+        &[("e2", 12), ("e1", 10)],
+        ("e1", 9),
+        (9, Some(GapReason::Epoch)),
+    ),
+    after_failover(
+        "two changes, past what the first kept",
+        ("e3", 1, 14),
+        &[("e2", 12), ("e1", 10)],
+        ("e1", 11),
+        (10, Some(GapReason::Epoch)),
+    ),
+    after_failover(
+        "two changes, the second kept less",
+        ("e3", 1, 14),
+        &[("e2", 7), ("e1", 10)],
+        ("e1", 9),
+        (7, Some(GapReason::Epoch)),
+    ),
+    after_failover(
+        "two changes, from the middle epoch",
+        ("e3", 1, 14),
+        &[("e2", 12), ("e1", 10)],
+        ("e2", 11),
+        (11, Some(GapReason::Epoch)),
+    ),
+    after_failover(
+        "two changes, trimmed since",
+        ("e3", 6, 14),
+        &[("e2", 12), ("e1", 10)],
+        ("e1", 2),
+        (5, Some(GapReason::Trimmed)),
+    ),
 ];
 
 /// What a feed does with a live message.
@@ -255,9 +320,8 @@ mod tests {
     fn resume_passes_the_table() {
         for case in RESUME_CASES {
             let log_epoch = epoch(case.log_epoch);
-            let previous = case.previous.map(|(e, kept)| (epoch(e), kept));
-            let previous = previous.as_ref().map(|(e, kept)| (e, *kept));
-            let bounds = LogBounds { epoch: &log_epoch, first: case.first, top: case.top, previous };
+            let lineage: Vec<(Epoch, u64)> = case.lineage.iter().map(|&(e, kept)| (epoch(e), kept)).collect();
+            let bounds = LogBounds { epoch: &log_epoch, first: case.first, top: case.top, lineage: &lineage };
             let got = resume(&Cursor::new(epoch(case.after_epoch), case.after), bounds);
             assert_eq!(got, case.expected, "{}", case.name);
         }

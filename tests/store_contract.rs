@@ -269,8 +269,9 @@ async fn redis_read_script_passes_the_resume_table() {
         let channel = ch(&format!("resume.{i}"));
         let top = case.top.to_string();
         redis.cli(&["HSET", &format!("resume:{{{channel}}}:m"), "e", case.log_epoch, "t", &top]).unwrap();
-        if let Some((previous, kept)) = case.previous {
-            redis.cli(&["HSET", &format!("resume:{{{channel}}}:m"), "pe", previous, "pt", &kept.to_string()]).unwrap();
+        if !case.lineage.is_empty() {
+            let lineage: Vec<String> = case.lineage.iter().map(|(epoch, kept)| format!("{epoch} {kept}")).collect();
+            redis.cli(&["HSET", &format!("resume:{{{channel}}}:m"), "l", &lineage.join(" ")]).unwrap();
         }
         for offset in case.first..=case.top {
             let id = format!("{offset}-0");
@@ -287,5 +288,43 @@ async fn redis_read_script_passes_the_resume_table() {
         let offsets: Vec<u64> = history.messages.iter().map(|m| m.offset).collect();
         let expected: Vec<u64> = (case.expected.after + 1..=case.top).collect();
         assert_eq!(offsets, expected, "{}: messages", case.name);
+    }
+}
+
+/// Each change of primary links the epoch it replaced into the channel's lineage, so a reader asleep through
+/// several changes (a restarted primary changes its replication id twice) crosses all of them skipping nothing the
+/// log still has. A cursor ahead of the log starts a new epoch the same way a new primary does; the lineage keeps
+/// the newest eight links, and a cursor older than those resumes from the oldest kept message.
+#[tokio::test]
+async fn redis_lineage_chains_changes_of_epoch_and_keeps_eight() {
+    let redis = common::Redis::start(&[]).await;
+    let (store, _hub) = redis_store(&redis, "lineage").await;
+    let c = ch("lineage");
+    let first = append(&*store, &c, 1).await;
+    for i in 2..=3 {
+        append(&*store, &c, i).await;
+    }
+    let mut epochs = vec![first.epoch.clone()];
+    for _ in 0..9 {
+        let newest = epochs.last().unwrap().clone();
+        let (gap, _) = offsets_after(&*store, &c, &Cursor::new(newest, 7)).await;
+        let (resumed, reason) = gap.expect("a cursor ahead of the log gets a gap");
+        assert_eq!((reason, resumed.offset), (GapReason::Epoch, 3));
+        epochs.push(resumed.epoch);
+    }
+    let lineage = redis.cli(&["HGET", &format!("lineage:{{{c}}}:m"), "l"]).unwrap().trim().to_string();
+    assert_eq!(lineage.split(' ').count(), 16, "eight links: {lineage}");
+    let newest = epochs.last().unwrap();
+    for (age, epoch) in epochs.iter().rev().enumerate().skip(1) {
+        let (gap, offsets) = offsets_after(&*store, &c, &Cursor::new(epoch.clone(), 2)).await;
+        let (resumed, reason) = gap.expect("crossing epochs is told");
+        assert_eq!((&resumed.epoch, reason), (newest, GapReason::Epoch), "{age} changes back");
+        let expected: Vec<u64> = if age <= 8 { vec![3] } else { vec![1, 2, 3] };
+        assert_eq!(
+            offsets,
+            expected,
+            "{age} changes back: {}",
+            if age <= 8 { "skips nothing" } else { "from the oldest" }
+        );
     }
 }

@@ -297,7 +297,7 @@ impl ChannelLog for MemoryStore {
         self.with_log(channel, Create::Trusted, |log| {
             log.trim(&self.retention, Instant::now());
             let first = log.first();
-            let from = resume(after, LogBounds { epoch: &log.epoch, first, top: log.top, previous: None });
+            let from = resume(after, LogBounds { epoch: &log.epoch, first, top: log.top, lineage: &[] });
             let gap = from.gap.map(|reason| (Cursor::new(log.epoch.clone(), from.after), reason));
             let skip = (from.after + 1 - first) as usize;
             let messages = log.entries.iter().skip(skip).take(limit).map(|(_, m)| m.clone()).collect();

@@ -13,11 +13,25 @@ local function ensure_epoch(candidate, may_create)
   return epoch
 end
 
+-- The epochs a change of primary replaced (KEYS[1]'s `l`, newest first: `epoch top epoch top ...`), each with the
+-- top the next primary kept of it: offsets up to that top are the same messages in both epochs. A chain, not one
+-- link, because one event can change the primary's replication id twice (a restarted primary gets one at boot
+-- and another when its first replica attaches), and a client may sleep through both. At most 8 links: a cursor
+-- of an older epoch resumes from the oldest kept message with an `epoch` gap.
+local function extend_lineage(epoch, kept)
+  local links = {epoch .. ' ' .. kept}
+  for link in string.gmatch(redis.call('HGET', KEYS[1], 'l') or '', '%w+ %d+') do
+    if #links == 8 then break end
+    links[#links + 1] = link
+  end
+  return table.concat(links, ' ')
+end
+
 -- A channel last written under another primary (KEYS[1]'s `r`: that primary's replication id, which Redis gives
 -- anew to every new primary, a promoted replica or a restarted server) may have lost acknowledged messages after
 -- the ones this primary holds, and clients may hold cursors past them. So its next message starts a new epoch
--- from `candidate`, remembering the old one (`pe`) and the top this primary kept (`pt`): a client at or before
--- `pt` goes on as if nothing happened (those offsets are the same messages), one past it gets an `epoch` gap,
+-- from `candidate`, linking the old one and the top this primary kept into the lineage: a client at or before
+-- that top goes on as if nothing happened (those offsets are the same messages), one past it gets an `epoch` gap,
 -- and no offset is ever reused for a different message under the same epoch.
 local function check_lineage(epoch, candidate)
   local now = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
@@ -25,7 +39,7 @@ local function check_lineage(epoch, candidate)
   if was == now then return epoch end
   if was then
     local kept = redis.call('HGET', KEYS[1], 't') or '0'
-    redis.call('HSET', KEYS[1], 'e', candidate, 'pe', epoch, 'pt', kept, 'r', now)
+    redis.call('HSET', KEYS[1], 'e', candidate, 'l', extend_lineage(epoch, kept), 'r', now)
     return candidate
   end
   redis.call('HSET', KEYS[1], 'r', now)

@@ -9,7 +9,7 @@ if ARGV[1] == epoch and tonumber(ARGV[2]) > top then
   -- failover, a restart, a primary that went on taking writes after it was replaced). A new epoch starts here,
   -- so the gap moves the client on and those offsets are never reused under the old epoch.
   local now = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
-  redis.call('HSET', KEYS[1], 'e', ARGV[4], 'pe', epoch, 'pt', top, 'r', now)
+  redis.call('HSET', KEYS[1], 'e', ARGV[4], 'l', extend_lineage(epoch, top), 'r', now)
   epoch = ARGV[4]
 end
 -- A channel that never had a message lives only while someone reads it.
@@ -17,7 +17,6 @@ if top == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[6]) else redis.call('PEXPIR
 local first = top + 1
 local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 if head[1] then first = tonumber(string.match(head[1][1], '^(%d+)')) end
-local previous = redis.call('HMGET', KEYS[1], 'pe', 'pt')
-local after, gap = resume(ARGV[1], tonumber(ARGV[2]), epoch, first, top, previous[1], tonumber(previous[2]))
+local after, gap = resume(ARGV[1], tonumber(ARGV[2]), epoch, first, top, redis.call('HGET', KEYS[1], 'l'))
 local entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', ARGV[3])
 return {epoch, gap, after, entries}
