@@ -65,7 +65,7 @@ impl Builder {
                 assemble(store, hub, &settings, &handle, limits, metrics)?
             }
             Some(url) => {
-                let (hub, commands) = Hub::with_listener();
+                let (hub, commands) = Hub::with_listener_lingering(settings.topic_linger);
                 let (prefix, retention) = (&settings.redis_prefix, settings.retention());
                 let observed = (limits.clone(), metrics.clone());
                 let store = RedisStore::connect_limited(

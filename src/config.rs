@@ -124,6 +124,11 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_BODY_TIMEOUT_MS", default_value_t = defaults().body_timeout.as_millis() as u64)]
     pub body_timeout_ms: u64,
 
+    /// Milliseconds this node keeps a Redis pub/sub subscription after the last connection that needed it left
+    /// (a long-polling client needs it again with its next poll; 0: unsubscribe at once).
+    #[arg(long, env = "STICKLESS_TOPIC_LINGER_MS", default_value_t = defaults().topic_linger.as_millis() as u64)]
+    pub topic_linger_ms: u64,
+
     /// Most TCP connections open at once on this node, idle ones included (default: the open-file limit, raised
     /// to the hard limit, less 128).
     #[arg(long, env = "STICKLESS_MAX_TCP_CONNECTIONS")]
@@ -312,6 +317,7 @@ impl Config {
             "write_timeout_ms" => |s: &mut Settings| s.write_timeout = Duration::from_millis(self.write_timeout_ms);
             "header_timeout_ms" => |s: &mut Settings| s.header_timeout = Duration::from_millis(self.header_timeout_ms);
             "body_timeout_ms" => |s: &mut Settings| s.body_timeout = Duration::from_millis(self.body_timeout_ms);
+            "topic_linger_ms" => |s: &mut Settings| s.topic_linger = Duration::from_millis(self.topic_linger_ms);
             "max_tcp_connections" => |s: &mut Settings| s.max_tcp_connections = self.max_tcp_connections;
             "connections_per_ip" => |s: &mut Settings| s.limits.connections_per_ip = self.connections_per_ip;
             "ready_max_load" => |s: &mut Settings| s.ready_max_load = self.ready_max_load;
@@ -361,6 +367,7 @@ struct File {
     write_timeout_ms: Option<u64>,
     header_timeout_ms: Option<u64>,
     body_timeout_ms: Option<u64>,
+    topic_linger_ms: Option<u64>,
     max_tcp_connections: Option<usize>,
     ready_max_load: Option<f64>,
     drain_window_ms: Option<u64>,
@@ -467,6 +474,7 @@ impl File {
         set(&mut s.write_timeout, millis(self.write_timeout_ms));
         set(&mut s.header_timeout, millis(self.header_timeout_ms));
         set(&mut s.body_timeout, millis(self.body_timeout_ms));
+        set(&mut s.topic_linger, millis(self.topic_linger_ms));
         set(&mut s.max_tcp_connections, self.max_tcp_connections.map(Some));
         set(&mut s.ready_max_load, self.ready_max_load);
         set(&mut s.drain_window, millis(self.drain_window_ms));

@@ -6,13 +6,16 @@
 //!
 //! Topics are listened to in the store only while this node has listeners: the first listener asks the store's
 //! listener task to subscribe (and waits until it has, so nothing published after its history read is missed);
-//! the last one leaving asks it to unsubscribe. Both go through one queue, so they reach the store in order.
+//! the last one leaving asks it to unsubscribe, after a linger: a long-polling client is a listener for the time
+//! of one poll, and its next poll (here or on any node) comes back within moments, so a topic stays subscribed
+//! for `linger` after its last listener left instead of costing two SUBSCRIBE round trips per poll. Both go
+//! through one queue, so they reach the store in order.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -56,6 +59,8 @@ struct Entry {
     sender: broadcast::Sender<Live>,
     ready: watch::Receiver<bool>,
     listeners: usize,
+    /// Since when the topic has had no listener (it lingers, still subscribed).
+    idle_since: Option<Instant>,
 }
 
 pub struct Hub {
@@ -63,18 +68,27 @@ pub struct Hub {
     /// `None` for a store that needs no subscriptions (memory): topics are ready at once.
     // Unbounded: one command per topic created or dropped on this node, never one per message.
     commands: Option<mpsc::UnboundedSender<ListenCommand>>,
+    /// How long a topic stays subscribed after its last listener left.
+    linger: Duration,
 }
 
 impl Hub {
     /// A hub whose topics need no store subscription.
     pub fn local() -> Arc<Hub> {
-        Arc::new(Hub { topics: RwLock::default(), commands: None })
+        Arc::new(Hub { topics: RwLock::default(), commands: None, linger: Duration::ZERO })
     }
 
-    /// A hub that asks a store's listener task to subscribe topics; the task reads the returned queue.
+    /// A hub that asks a store's listener task to subscribe topics; the task reads the returned queue. Topics
+    /// are unsubscribed as soon as their last listener leaves.
     pub fn with_listener() -> (Arc<Hub>, mpsc::UnboundedReceiver<ListenCommand>) {
+        Self::with_listener_lingering(Duration::ZERO)
+    }
+
+    /// The same, with topics kept subscribed for `linger` after their last listener left; the store's listener
+    /// task calls [`Hub::expire_idle`] now and then.
+    pub fn with_listener_lingering(linger: Duration) -> (Arc<Hub>, mpsc::UnboundedReceiver<ListenCommand>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(Hub { topics: RwLock::default(), commands: Some(tx) }), rx)
+        (Arc::new(Hub { topics: RwLock::default(), commands: Some(tx), linger }), rx)
     }
 
     /// Starts listening to `topic`; live once the returned listener is [`Listener::ready`].
@@ -89,9 +103,10 @@ impl Hub {
                 Topic::Channel(_) => CHANNEL_CAPACITY,
                 Topic::Session(_) => SESSION_CAPACITY,
             };
-            Entry { sender: broadcast::channel(capacity).0, ready, listeners: 0 }
+            Entry { sender: broadcast::channel(capacity).0, ready, listeners: 0, idle_since: None }
         });
         entry.listeners += 1;
+        entry.idle_since = None;
         let events = BroadcastStream::new(entry.sender.subscribe());
         Listener { events, ready: entry.ready.clone(), hub: self.clone(), topic }
     }
@@ -117,16 +132,38 @@ impl Hub {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
+    /// Unsubscribes the topics that have had no listener for the linger time.
+    pub fn expire_idle(&self) {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let linger = self.linger;
+        topics.retain(|topic, entry| {
+            let expired = entry.idle_since.is_some_and(|since| since.elapsed() >= linger);
+            if expired {
+                self.unlisten(topic);
+            }
+            !expired
+        });
+    }
+
     fn release(&self, topic: &Topic) {
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = topics.get_mut(topic) {
             entry.listeners -= 1;
-            if entry.listeners == 0 {
-                topics.remove(topic);
-                if let Some(commands) = &self.commands {
-                    let _ = commands.send(ListenCommand::Unlisten(topic.clone()));
-                }
+            if entry.listeners > 0 {
+                return;
             }
+            if self.commands.is_some() && !self.linger.is_zero() {
+                entry.idle_since = Some(Instant::now());
+            } else {
+                topics.remove(topic);
+                self.unlisten(topic);
+            }
+        }
+    }
+
+    fn unlisten(&self, topic: &Topic) {
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(ListenCommand::Unlisten(topic.clone()));
         }
     }
 }
@@ -186,6 +223,26 @@ mod tests {
         assert!(commands.try_recv().is_err(), "one listener remains");
         drop(b);
         assert!(matches!(commands.recv().await, Some(ListenCommand::Unlisten(_))));
+        assert!(hub.topics().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_topic_lingers_after_its_last_listener_and_a_new_one_finds_it_ready() {
+        let (hub, mut commands) = Hub::with_listener_lingering(Duration::from_millis(50));
+        let topic = Topic::Session(SessionId::random());
+        let first = hub.listen(topic.clone());
+        let Some(ListenCommand::Listen(_, ready)) = commands.recv().await else { panic!("no listen") };
+        ready.send(true).unwrap();
+        drop(first);
+        hub.expire_idle();
+        assert!(commands.try_recv().is_err(), "still lingering");
+        let again = hub.listen(topic.clone());
+        assert!(again.is_ready(), "the next poll finds the topic subscribed");
+        assert!(commands.try_recv().is_err(), "no second SUBSCRIBE");
+        drop(again);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        hub.expire_idle();
+        assert!(matches!(commands.recv().await, Some(ListenCommand::Unlisten(t)) if t == topic));
         assert!(hub.topics().is_empty());
     }
 }

@@ -76,6 +76,9 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// How long a client may take to send a whole request body.
     pub body_timeout: Duration,
+    /// How long this node keeps a Redis pub/sub subscription (a channel's, a session's) after the last connection
+    /// that needed it left: a long-polling client needs it again with its next poll (0: unsubscribe at once).
+    pub topic_linger: Duration,
     /// The most TCP connections open at once on this node, idle keep-alive ones included (`None`: the process's
     /// open-file limit, raised to its hard limit, less 128 kept for Redis, hooks and files).
     pub max_tcp_connections: Option<usize>,
@@ -131,6 +134,7 @@ impl Default for Settings {
             write_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(15),
             body_timeout: Duration::from_secs(30),
+            topic_linger: Duration::from_secs(30),
             max_tcp_connections: None,
             ready_max_load: 0.9,
             drain_window: Duration::from_secs(10),

@@ -58,6 +58,7 @@ pub(super) async fn run(
                 None => break,
             },
             _ = probes.tick() => {
+                store.hub.expire_idle();
                 let (client, probe, sharded) = (store.client.clone(), store.probe.clone(), store.sharded);
                 // Not awaited here: a stalled Redis must not stall the delivery of what does arrive.
                 tokio::spawn(async move {

@@ -18,6 +18,7 @@ pub(super) struct Scripts {
     pub top: Script,
     pub subscribe: Script,
     pub set_grant: Script,
+    pub load_session: Script,
 }
 
 impl Scripts {
@@ -29,6 +30,7 @@ impl Scripts {
             top: with(&[ENSURE_EPOCH, include_str!("scripts/top.lua")]),
             subscribe: with(&[include_str!("scripts/subscribe.lua")]),
             set_grant: with(&[include_str!("scripts/set_grant.lua")]),
+            load_session: with(&[include_str!("scripts/load_session.lua")]),
         }
     }
 }

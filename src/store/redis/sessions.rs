@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use fred::clients::{Client, Pipeline};
 use fred::interfaces::{HashesInterface, KeysInterface, PubsubInterface, SortedSetsInterface};
 use fred::types::Value;
 
@@ -16,13 +17,24 @@ use crate::store::{Sessions, StoreError};
 impl RedisStore {
     /// Marks `pid` present on `channel` until the session would expire.
     async fn mark_present(&self, pid: &str, channel: &ChannelName) -> Result<(), StoreError> {
+        let pipe = self.client.pipeline();
+        self.mark_present_in(&pipe, pid, channel).await?;
+        let _: Vec<Value> = pipe.all().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Queues [`Self::mark_present`]'s commands on `pipe`.
+    async fn mark_present_in(
+        &self,
+        pipe: &Pipeline<Client>,
+        pid: &str,
+        channel: &ChannelName,
+    ) -> Result<(), StoreError> {
         let key = self.keys.channel(channel, Part::Presence);
         let expires = now_ms() + self.retention.session_ttl.as_millis() as u64;
-        let pipe = self.client.pipeline();
         let _: Value = pipe.zadd(&key, None, None, false, false, (expires as f64, pid)).await.map_err(unavailable)?;
         let _: Value =
             pipe.pexpire(&key, (self.retention.session_ttl * 2).as_millis() as i64, None).await.map_err(unavailable)?;
-        let _: Vec<Value> = pipe.all().await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -48,11 +60,9 @@ impl Sessions for RedisStore {
     }
 
     async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        let key = self.keys.session(id);
-        let pipe = self.client.pipeline();
-        let _: Value = pipe.hgetall(&key).await.map_err(unavailable)?;
-        let _: Value = pipe.pexpire(&key, self.session_ttl_ms(), None).await.map_err(unavailable)?;
-        let (fields, _): (BTreeMap<String, String>, Value) = pipe.all().await.map_err(unavailable)?;
+        let (keys, args) = (vec![self.keys.session(id)], vec![self.session_ttl_ms().to_string()]);
+        let reply = self.eval(&self.client, &self.scripts.load_session, keys, args).await?;
+        let fields: BTreeMap<String, String> = reply.convert().map_err(|_| malformed("session"))?;
         let Some(pid) = fields.get("pid") else {
             return Ok(None);
         };
@@ -73,10 +83,13 @@ impl Sessions for RedisStore {
         let key = self.keys.session(id);
         let alive: bool = self.client.pexpire(&key, self.session_ttl_ms(), None).await.map_err(unavailable)?;
         if alive {
-            let _: Value = self.client.hset(&key, ("pa", now_ms())).await.map_err(unavailable)?;
+            // One pipeline: the session's presence time and its entry in each channel's presence set.
+            let pipe = self.client.pipeline();
+            let _: Value = pipe.hset(&key, ("pa", now_ms())).await.map_err(unavailable)?;
             for channel in record.subscriptions.keys() {
-                self.mark_present(&record.pid, channel).await?;
+                self.mark_present_in(&pipe, &record.pid, channel).await?;
             }
+            let _: Vec<Value> = pipe.all().await.map_err(unavailable)?;
         }
         Ok(alive)
     }
