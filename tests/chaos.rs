@@ -149,8 +149,8 @@ impl Fault {
     fn lag(self) -> Option<Duration> {
         match self {
             Fault::RestartRedisLagging => Some(Duration::from_secs(6)),
-            // Sentinel reconfigures the old primary (its clients are cut, the nodes move) about 10 s after a
-            // forced failover: until then the nodes write to the old one.
+            // The nodes move on Sentinel's +switch-master about a second after a forced failover; Sentinel
+            // reconfigures the old primary about 10 s after it: the reader sleeps through both.
             Fault::FailoverLagging => Some(Duration::from_secs(13)),
             _ => None,
         }

@@ -409,3 +409,44 @@ async fn idle_sessions_cost_only_their_ttl_refresh() {
     assert!(spent <= 5 * 4 * 4, "{spent} Redis commands for 5 idle sessions in 3 s");
     assert!(spent >= 5 * 4, "the TTL refresh happens ({spent} commands)");
 }
+
+/// A forced (or graceful) failover leaves the old primary up and its connections open until Sentinel
+/// reconfigures it, about 10 s later; a node that waited for that would write to the old primary meanwhile, and
+/// lose those acknowledged writes with it. Nodes follow Sentinel's `+switch-master` instead: soon after the
+/// switch, what a node acknowledges is on the new primary.
+#[tokio::test]
+async fn through_sentinel_a_node_moves_on_the_switch_announcement_not_later() {
+    let master = Redis::start(&[]).await;
+    let replica = Redis::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]).await;
+    let synced = std::time::Instant::now() + Duration::from_secs(30);
+    while !replica.cli(&["INFO", "replication"]).is_some_and(|i| i.contains("master_link_status:up")) {
+        assert!(std::time::Instant::now() < synced, "the replica did not sync within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sentinel = Sentinel::start(master.port).await;
+    let node = Node::spawn(&["--redis-url", &sentinel.url()]).await;
+    publish_ok(&node.url, "sw", json!("before")).await;
+    let answer = std::process::Command::new("redis-cli")
+        .args(["-p", &sentinel.port.to_string(), "SENTINEL", "FAILOVER", "mymaster"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer.stdout).contains("OK"), "{answer:?}");
+    let switched = std::time::Instant::now() + Duration::from_secs(15);
+    while sentinel.master_port() != Some(replica.port) {
+        assert!(std::time::Instant::now() < switched, "no switch within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Well under the ~10 s Sentinel takes to reconfigure the old primary.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut on_new = false;
+    for i in 0..20 {
+        let r = publish(&node.url, "sw", json!(format!("after-{i}"))).await;
+        if r.status() == 200 {
+            let stream = replica.cli(&["XRANGE", "sl:{sw}:h", "-", "+"]).unwrap_or_default();
+            on_new = stream.contains(&format!("after-{i}"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(on_new, "3 s after the switch, an acknowledged publish is on the new primary");
+}

@@ -11,6 +11,7 @@ mod keys;
 mod listener;
 mod presence;
 mod scripts;
+mod sentinel;
 mod sessions;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,7 +104,7 @@ impl RedisStore {
             // WAIT has no key: it would go to any shard, not the one that took the write.
             return Err(StoreError::Unavailable("--redis-min-replicas is not supported on Redis Cluster".into()));
         }
-        let mut builder = Builder::from_config(config);
+        let mut builder = Builder::from_config(config.clone());
         builder
             // Without a policy fred never reconnects; retry forever, backing off to 2 s.
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
@@ -130,6 +131,9 @@ impl RedisStore {
                 Some(pool)
             }
         };
+        let followers =
+            sentinel::Followers { client: client.clone(), subscriber: subscriber.clone(), writers: writers.clone() };
+        sentinel::follow(&config, followers);
         let scripts = Scripts::load();
         let keys = Keys::new(prefix);
         let probe = keys.probe(&crate::model::random_hex(8));
