@@ -306,6 +306,8 @@ async fn redis_lineage_chains_changes_of_epoch_and_keeps_eight() {
     }
     let mut epochs = vec![first.epoch.clone()];
     for _ in 0..9 {
+        // As after a change of primary: the meta was last written under another replication id.
+        redis.cli(&["HSET", &format!("lineage:{{{c}}}:m"), "r", "0"]).unwrap();
         let newest = epochs.last().unwrap().clone();
         let (gap, _) = offsets_after(&*store, &c, &Cursor::new(newest, 7)).await;
         let (resumed, reason) = gap.expect("a cursor ahead of the log gets a gap");
@@ -327,4 +329,20 @@ async fn redis_lineage_chains_changes_of_epoch_and_keeps_eight() {
             if age <= 8 { "skips nothing" } else { "from the oldest" }
         );
     }
+}
+
+/// A cursor ahead of the log under the primary that wrote it was made up (nothing was lost): its client gets a
+/// gap back to the top in the same epoch, and the channel keeps its epoch, so one client cannot make every
+/// subscriber cross a change of epoch.
+#[tokio::test]
+async fn redis_a_made_up_cursor_ahead_of_the_log_changes_nothing_for_others() {
+    let redis = common::Redis::start(&[]).await;
+    let (store, _hub) = redis_store(&redis, "madeup").await;
+    let c = ch("madeup");
+    let first = append(&*store, &c, 1).await;
+    append(&*store, &c, 2).await;
+    let (gap, offsets) = offsets_after(&*store, &c, &Cursor::new(first.epoch.clone(), 1_000)).await;
+    assert_eq!(gap, Some((Cursor::new(first.epoch.clone(), 2), GapReason::Epoch)), "back to the top, same epoch");
+    assert!(offsets.is_empty());
+    assert_eq!(append(&*store, &c, 3).await, Cursor::new(first.epoch, 3), "the channel keeps its epoch");
 }

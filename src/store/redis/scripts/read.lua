@@ -5,12 +5,16 @@
 local epoch = ensure_epoch(ARGV[4], true)
 local top = tonumber(redis.call('HGET', KEYS[1], 't'))
 if ARGV[1] == epoch and tonumber(ARGV[2]) > top then
-  -- The cursor is past what this log holds in its own epoch: messages acknowledged after `top` were lost (a
-  -- failover, a restart, a primary that went on taking writes after it was replaced). A new epoch starts here,
-  -- so the gap moves the client on and those offsets are never reused under the old epoch.
+  -- The cursor is past what this log holds in its own epoch. Under a primary that has not written this channel
+  -- yet (`r` is another's), messages acknowledged after `top` were lost (a failover, a restart, a primary that
+  -- went on taking writes after it was replaced): a new epoch starts here, so the gap moves the client on and
+  -- those offsets are never reused under the old epoch. Under the primary that wrote it, nothing was lost: the
+  -- cursor was made up, and only its client gets a gap back to `top`, not every subscriber a new epoch.
   local now = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
-  redis.call('HSET', KEYS[1], 'e', ARGV[4], 'l', extend_lineage(epoch, top), 'r', now)
-  epoch = ARGV[4]
+  if redis.call('HGET', KEYS[1], 'r') ~= now then
+    redis.call('HSET', KEYS[1], 'e', ARGV[4], 'l', extend_lineage(epoch, top), 'r', now)
+    epoch = ARGV[4]
+  end
 end
 -- A channel that never had a message lives only while someone reads it.
 if top == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[6]) else redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
