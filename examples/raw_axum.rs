@@ -1,15 +1,18 @@
-//! The smallest WebSocket fan-out on our HTTP stack: the ceiling `bench/run.sh` compares stickless against.
+//! The smallest fan-out on our HTTP stack: the ceiling `bench/run.sh` compares stickless against.
 //!
-//! `GET /ws` upgrades and follows one `tokio::sync::broadcast`; `POST /publish {"channel","data"}` sends
-//! `{"type":"message","channel":..,"data":..}` to every socket. No sessions, no history, no resume, no channels
-//! (every socket gets every message): only axum + tungstenite + a broadcast, with the same WebSocket buffer
-//! settings as stickless (4 KiB read buffer, no write buffering), so the difference is stickless' own work.
+//! `GET /ws` upgrades and follows one `tokio::sync::broadcast`; `GET /sse` streams the same frames as
+//! `text/event-stream` events (`data: <frame>`); `POST /publish {"channel","data"}` sends
+//! `{"type":"message","channel":..,"data":..}` to every socket and stream. No sessions, no history, no resume, no
+//! channels (every client gets every message): only axum + tungstenite + a broadcast, with the same WebSocket
+//! buffer settings as stickless (4 KiB read buffer, no write buffering), so the difference is stickless' own work.
+//! `GET /hello` answers `hello world`: the cheapest request-response, the bench's ceiling for a long-poll.
 //! `--nodelay` sets TCP_NODELAY on accepted sockets (axum::serve does not by default, and neither does stickless),
 //! so the bench can show what Nagle's algorithm costs a stream of small WebSocket frames.
 //!
 //! ```sh
 //! cargo run --release --example raw_axum -- --listen 127.0.0.1:9000 [--nodelay]
 //! websocat ws://127.0.0.1:9000/ws        # first frame: {"type":"welcome"}
+//! curl -N 127.0.0.1:9000/sse               # data: {"type":"welcome"}, then data: <frame> per publish
 //! curl -XPOST 127.0.0.1:9000/publish -d '{"channel":"bench","data":{"n":1}}'
 //! ```
 
@@ -18,10 +21,13 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, post};
+use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
+use futures_util::StreamExt;
 use tokio::sync::broadcast;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
 
 /// Larger than any burst the bench sends, so a slow socket is never dropped behind (it would lose messages).
 const CAPACITY: usize = 16_384;
@@ -39,7 +45,12 @@ async fn main() -> std::io::Result<()> {
         }
     }
     let (tx, _) = broadcast::channel::<Utf8Bytes>(CAPACITY);
-    let app = Router::new().route("/ws", any(ws)).route("/publish", post(publish)).with_state(tx);
+    let app = Router::new()
+        .route("/ws", any(ws))
+        .route("/sse", get(sse))
+        .route("/hello", get(|| async { "hello world" }))
+        .route("/publish", post(publish))
+        .with_state(tx);
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     eprintln!("raw_axum listening on {} (TCP_NODELAY {})", listener.local_addr()?, if nodelay { "on" } else { "off" });
     if nodelay {
@@ -80,6 +91,21 @@ async fn follow(mut socket: WebSocket, mut rx: broadcast::Receiver<Utf8Bytes>) {
             },
         }
     }
+}
+
+async fn sse(State(tx): State<broadcast::Sender<Utf8Bytes>>) -> Response {
+    let welcome = futures_util::stream::once(async {
+        Ok::<_, std::convert::Infallible>(Bytes::from_static(b"data: {\"type\":\"welcome\"}\n\n"))
+    });
+    // A lagged stream skips what it missed (no history), as a lagged socket does.
+    let frames = BroadcastStream::new(tx.subscribe()).filter_map(|message| async move {
+        match message {
+            Ok(frame) => Some(Ok(Bytes::from(format!("data: {}\n\n", frame.as_str())))),
+            Err(BroadcastStreamRecvError::Lagged(_)) => None,
+        }
+    });
+    let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")];
+    (headers, axum::body::Body::from_stream(welcome.chain(frames))).into_response()
 }
 
 async fn publish(State(tx): State<broadcast::Sender<Utf8Bytes>>, body: Bytes) -> Response {
