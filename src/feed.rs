@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use stickless_transports::{Ending, Outbound};
+use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
 use crate::hub::{Hub, Listener, Live, Topic};
@@ -85,42 +86,45 @@ fn store_failed(err: &StoreError) -> Bytes {
 pub fn open<S: ChannelLog + Sessions>(
     source: Arc<Source<S>>,
     id: SessionId,
-    record: SessionRecord,
+    mut record: SessionRecord,
     position: Position,
     track: bool,
     mut control: Listener,
     mut connection: Connection,
 ) -> Feed {
-    Box::pin(async_stream::stream! {
-        let mut live = StreamMap::new();
+    let feed = Box::pin(async_stream::stream! {
+        let mut live = StreamMap::with_capacity(record.subscriptions.len());
         let mut state = State { tracker: Tracker::default(), track };
-        sync(&source.hub, &mut state.tracker, &mut live, &record, &position).await;
-        let mut record = record;
+        // Futures that run now and then (store calls, a sync) are boxed: held inline, the largest of them would
+        // stay in every idle feed's state for the connection's life.
+        Box::pin(sync(&source.hub, &mut state.tracker, &mut live, &record, &position)).await;
+        // The tracker holds the cursors now.
+        drop(position);
         // Unconfirmed, the control topic may have missed a change: read the session again until it is confirmed.
         let mut reload = !control.is_ready();
-        let mut touch = tokio::time::interval(source.session_ttl / 3);
-        touch.tick().await;
+        let touch_every = source.session_ttl / 3;
+        let mut next_touch = Instant::now() + touch_every;
         let mut failing = false;
-        loop {
+        // Why the feed ends, told once after the loop (each `yield` is a future with the frame in it, in the feed's
+        // state).
+        let ended = loop {
             if reload {
-                match source.store.load_session(&id).await {
+                match Box::pin(source.store.load_session(&id)).await {
                     Ok(Some(latest)) => {
                         reload = false;
                         record = latest;
                     }
                     Ok(None) => {
-                        connection.ended(ErrorCode::SessionUnknown.as_str());
-                        yield state.last(ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe());
-                        break;
+                        break ErrorCode::SessionUnknown;
                     }
                     // Serve what is known and try again on the retry timer.
                     Err(_) => {}
                 }
-                sync(&source.hub, &mut state.tracker, &mut live, &record, &Position::default()).await;
+                Box::pin(sync(&source.hub, &mut state.tracker, &mut live, &record, &Position::default())).await;
             }
             // Catch up every channel whose live delivery cannot be trusted, from history.
             while let Some((name, after)) = state.tracker.next_dirty() {
-                match source.store.read(&name, &after, source.max_batch).await {
+                match Box::pin(source.store.read(&name, &after, source.max_batch)).await {
                     Ok(history) => {
                         failing = false;
                         let full = history.messages.len() >= source.max_batch;
@@ -150,6 +154,11 @@ pub fn open<S: ChannelLog + Sessions>(
                     }
                 }
             }
+            // One timer for the three deadlines an idle feed waits on (refreshing the session, the token's `exp`,
+            // re-reading what is unconfirmed): every timer is 112 bytes more in every idle connection.
+            let expiry = until_expiry(&record).map(|left| Instant::now() + left);
+            let retry = (failing || reload || !control.is_ready() || unconfirmed(&live)).then(|| Instant::now() + RETRY);
+            let wake = [expiry, retry].into_iter().flatten().fold(next_touch, Instant::min);
             tokio::select! {
                 Some((_, event)) = live.next() => match event {
                     Live::Message(message) => {
@@ -166,43 +175,42 @@ pub fn open<S: ChannelLog + Sessions>(
                     }
                     reload = true;
                 },
-                _ = touch.tick() => {
-                    // A store error here is told by the next failing read; only a gone session ends the feed.
-                    if let Ok(false) = source.store.touch_session(&id, &record).await {
-                        connection.ended(ErrorCode::SessionUnknown.as_str());
-                        yield state.last(ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe());
-                        break;
-                    }
-                },
-                // The token's `exp`: unless a refresh arrived (on any node), the session stops receiving.
-                _ = tokio::time::sleep(until_expiry(&record).unwrap_or_default()), if record.grant.is_some() => {
-                    match source.store.load_session(&id).await {
-                        Ok(Some(latest)) if until_expiry(&latest).is_some_and(|left| !left.is_zero()) => record = latest,
-                        Ok(Some(_)) => {
-                            connection.ended(ErrorCode::TokenExpired.as_str());
-                            yield state.last(ErrorCode::TokenExpired, ErrorCode::TokenExpired.describe());
-                            break;
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if now >= next_touch {
+                        next_touch = now + touch_every;
+                        // A store error here is told by the next failing read; only a gone session ends the feed.
+                        if let Ok(false) = Box::pin(source.store.touch_session(&id, &record)).await {
+                            break ErrorCode::SessionUnknown;
                         }
-                        Ok(None) => {
-                            connection.ended(ErrorCode::SessionUnknown.as_str());
-                        yield state.last(ErrorCode::SessionUnknown, ErrorCode::SessionUnknown.describe());
-                            break;
+                    } else if expiry.is_some_and(|at| now >= at) {
+                        // The token's `exp`: unless a refresh arrived (on any node), the session stops receiving.
+                        match Box::pin(source.store.load_session(&id)).await {
+                            Ok(Some(latest)) if until_expiry(&latest).is_some_and(|left| !left.is_zero()) => record = latest,
+                            Ok(Some(_)) => {
+                                break ErrorCode::TokenExpired;
+                            }
+                            Ok(None) => {
+                                break ErrorCode::SessionUnknown;
+                            }
+                            Err(_) => reload = true,
                         }
-                        Err(_) => reload = true,
-                    }
-                },
-                // Until the store confirms a live subscription, history is re-read on this timer instead.
-                _ = tokio::time::sleep(RETRY), if failing || reload || !control.is_ready() || unconfirmed(&live) => {
-                    reload |= !control.is_ready();
-                    for (name, listener) in live.iter() {
-                        if !listener.is_ready() {
-                            state.tracker.mark_dirty(name);
+                    } else {
+                        // Until the store confirms a live subscription, history is re-read on this timer instead.
+                        reload |= !control.is_ready();
+                        for (name, listener) in live.iter() {
+                            if !listener.is_ready() {
+                                state.tracker.mark_dirty(name);
+                            }
                         }
                     }
                 }
             }
-        }
-    })
+        };
+        connection.ended(ended.as_str());
+        yield state.last(ended, ended.describe());
+    });
+    feed
 }
 
 /// Whether some channel's live subscription is not confirmed by the store yet.

@@ -65,6 +65,9 @@ struct Entry {
 
 pub struct Hub {
     topics: RwLock<HashMap<Topic, Entry>>,
+    /// For a store that needs no subscriptions: one `ready` shared by every topic (a clone is a reference count,
+    /// not a channel per session).
+    always_ready: watch::Receiver<bool>,
     /// `None` for a store that needs no subscriptions (memory): topics are ready at once.
     // Unbounded: one command per topic created or dropped on this node, never one per message.
     commands: Option<mpsc::UnboundedSender<ListenCommand>>,
@@ -75,7 +78,12 @@ pub struct Hub {
 impl Hub {
     /// A hub whose topics need no store subscription.
     pub fn local() -> Arc<Hub> {
-        Arc::new(Hub { topics: RwLock::default(), commands: None, linger: Duration::ZERO })
+        Arc::new(Hub {
+            topics: RwLock::default(),
+            always_ready: watch::channel(true).1,
+            commands: None,
+            linger: Duration::ZERO,
+        })
     }
 
     /// A hub that asks a store's listener task to subscribe topics; the task reads the returned queue. Topics
@@ -88,17 +96,29 @@ impl Hub {
     /// task calls [`Hub::expire_idle`] now and then.
     pub fn with_listener_lingering(linger: Duration) -> (Arc<Hub>, mpsc::UnboundedReceiver<ListenCommand>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(Hub { topics: RwLock::default(), commands: Some(tx), linger }), rx)
+        (
+            Arc::new(Hub {
+                topics: RwLock::default(),
+                always_ready: watch::channel(true).1,
+                commands: Some(tx),
+                linger,
+            }),
+            rx,
+        )
     }
 
     /// Starts listening to `topic`; live once the returned listener is [`Listener::ready`].
     pub fn listen(self: &Arc<Self>, topic: Topic) -> Listener {
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         let entry = topics.entry(topic.clone()).or_insert_with(|| {
-            let (ready_tx, ready) = watch::channel(self.commands.is_none());
-            if let Some(commands) = &self.commands {
-                let _ = commands.send(ListenCommand::Listen(topic.clone(), ready_tx));
-            }
+            let ready = match &self.commands {
+                Some(commands) => {
+                    let (ready_tx, ready) = watch::channel(false);
+                    let _ = commands.send(ListenCommand::Listen(topic.clone(), ready_tx));
+                    ready
+                }
+                None => self.always_ready.clone(),
+            };
             let capacity = match topic {
                 Topic::Channel(_) => CHANNEL_CAPACITY,
                 Topic::Session(_) => SESSION_CAPACITY,

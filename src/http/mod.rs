@@ -2,6 +2,7 @@
 //! serving it with graceful shutdown.
 
 mod api;
+mod events;
 mod probes;
 mod serve;
 mod web;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -16,14 +16,17 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+use bytes::BytesMut;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use stickless_transports::Lifecycle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::events;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{error_body, ErrorCode};
@@ -104,23 +107,20 @@ pub async fn serve(
                 continue;
             }
         };
-        let io = TokioIo::new(Conn::new(stream, settings.write_timeout, ticket));
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request.map(axum::body::Body::new))
-        });
-        let connection = http.serve_connection(io, service).with_upgrades();
-        let shutdown = shutdown.clone();
+        // Boxed apart from the task: once read, the first request's room is freed, and an idle event stream's task
+        // holds only its own state (see events.rs).
+        let first = Box::pin(events::first_request(
+            Conn::new(stream, settings.write_timeout, ticket),
+            peer,
+            app.clone(),
+            http.clone(),
+            settings.header_timeout,
+            shutdown.clone(),
+        ));
         connections.spawn(async move {
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                _ = shutdown.cancelled() => {}
+            if let Some(next) = first.await {
+                next.await;
             }
-            // Finish the request in flight, then close; an idle keep-alive connection closes at once.
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
         });
     }
     drop(listener);
@@ -133,6 +133,29 @@ pub async fn serve(
     lifecycle.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5).min(drain_timeout), lifecycle.tasks.wait()).await;
     Ok(())
+}
+
+/// Serves a connection through hyper (every request but an SSE attach that opens a connection) until it closes.
+pub(super) async fn serve_http(
+    conn: Conn,
+    peer: SocketAddr,
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(request.map(axum::body::Body::new))
+    });
+    let connection = http.serve_connection(TokioIo::new(conn), service).with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = shutdown.cancelled() => {}
+    }
+    // Finish the request in flight, then close; an idle keep-alive connection closes at once.
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
 
 /// On `lifecycle.drain`: keeps answering for the window, then shuts down.
@@ -296,16 +319,54 @@ fn refuse(stream: TcpStream, refusal: TcpRefusal) {
 /// deadline runs only while a write is pending (the kernel's send buffer full), from the first pending write
 /// after the last one that made progress: a client that reads, however slowly, is not cut, one that stopped is.
 /// It holds the connection's [`Ticket`], so an upgraded WebSocket keeps counting under the caps.
-struct Conn {
-    stream: TcpStream,
+///
+/// A reader with a small buffer (a WebSocket's, which every idle socket holds) gets its bytes through a read-ahead
+/// buffer that exists only while bytes wait in it: one read takes what arrived, however small the reader's
+/// buffer, and an idle connection holds nothing.
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
     write_timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Bytes read and not yet taken: read ahead, or a request head read before hyper was given the connection.
+    pub(super) ahead: Option<BytesMut>,
     ticket: Ticket,
 }
 
+/// Reads into a buffer at least this large go straight to the socket; smaller ones read ahead this much.
+pub(super) const READ_AHEAD: usize = 8192;
+
 impl Conn {
     fn new(stream: TcpStream, write_timeout: Duration, ticket: Ticket) -> Conn {
-        Conn { stream, write_timeout, stalled: None, ticket }
+        Conn { stream, write_timeout, stalled: None, ahead: None, ticket }
+    }
+
+    /// Hands `buf` what the read-ahead holds, or reads ahead once the socket is readable.
+    fn read_ahead(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.ahead.is_none() {
+            loop {
+                std::task::ready!(self.stream.poll_read_ready(cx))?;
+                let mut ahead = BytesMut::with_capacity(READ_AHEAD);
+                match self.stream.try_read_buf(&mut ahead) {
+                    // End of stream: `buf` stays empty.
+                    Ok(0) => return Poll::Ready(Ok(())),
+                    Ok(_) => {
+                        self.ahead = Some(ahead);
+                        break;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(err) => return Poll::Ready(Err(err)),
+                }
+            }
+        }
+        if let Some(ahead) = &mut self.ahead {
+            let n = ahead.len().min(buf.remaining());
+            buf.put_slice(&ahead[..n]);
+            bytes::Buf::advance(ahead, n);
+            if ahead.is_empty() {
+                self.ahead = None;
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// After a write: progress clears the deadline; a pending write starts it or, once it passed, fails.
@@ -328,7 +389,10 @@ impl Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        if self.ahead.is_none() && buf.remaining() >= READ_AHEAD {
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
+        }
+        self.read_ahead(cx, buf)
     }
 }
 

@@ -12,8 +12,9 @@ use futures_util::StreamExt;
 
 use crate::{AttachParams, Port, Shared, Transport};
 
-/// Size of the padding comment that opens every stream, so buffering proxies flush it at once.
-const PADDING: usize = 2048;
+/// The padding comment that opens every stream (`:`, 2048 spaces, a blank line), so buffering proxies flush it at
+/// once: one static copy, not 2 KiB allocated per stream.
+static PADDING: [u8; 2051] = padding();
 
 pub(crate) async fn attach<P: Port>(
     State(shared): State<Shared<P>>,
@@ -50,7 +51,6 @@ pub(crate) async fn attach<P: Port>(
         Err(rejection) => return rejection.into_response(),
     };
     let heartbeat = shared.config.heartbeat;
-    let padding = padding(PADDING);
     let shutdown = shared.shutdown.clone();
     let (drain, port) = (shared.drain.clone(), shared.port.clone());
     let session = attached.session;
@@ -59,7 +59,7 @@ pub(crate) async fn attach<P: Port>(
     let welcome = event(Some(&format!("{session};{}", attached.position)), &attached.welcome);
     let body = async_stream::stream! {
         let _permit = permit;
-        yield Ok::<Bytes, std::convert::Infallible>(padding);
+        yield Ok::<Bytes, std::convert::Infallible>(Bytes::from_static(&PADDING));
         yield Ok(Bytes::from_static(b"retry: 1000\n\n"));
         yield Ok(welcome);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -114,12 +114,12 @@ fn event(id: Option<&str>, frame: &[u8]) -> Bytes {
     out.freeze()
 }
 
-fn padding(size: usize) -> Bytes {
-    let mut out = BytesMut::with_capacity(size + 4);
-    out.put_slice(b":");
-    out.put_bytes(b' ', size);
-    out.put_slice(b"\n\n");
-    out.freeze()
+const fn padding<const N: usize>() -> [u8; N] {
+    let mut out = [b' '; N];
+    out[0] = b':';
+    out[N - 2] = b'\n';
+    out[N - 1] = b'\n';
+    out
 }
 
 #[cfg(test)]
@@ -132,5 +132,7 @@ mod tests {
         assert_eq!(&e[..], b"id: s;c@e@3\ndata: {\"type\":\"message\"}\n\n");
         assert_eq!(&event(None, b"{}")[..], b"data: {}\n\n");
         assert_eq!(&event(None, b"{\n\"a\":1\r\n}")[..], b"data: {\ndata: \"a\":1\ndata: }\n\n");
+        assert_eq!(&PADDING[..2], b": ");
+        assert!(PADDING[1..2049].iter().all(|b| *b == b' ') && PADDING.ends_with(b" \n\n"));
     }
 }
