@@ -10,7 +10,7 @@ use stickless_transports::Lifecycle;
 
 use crate::gateway::Gateway;
 use crate::http::ServeSettings;
-use crate::hub::Hub;
+use crate::hub::{Hub, Keeping};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -65,7 +65,12 @@ impl Builder {
                 assemble(store, hub, &settings, &handle, limits, metrics)?
             }
             Some(url) => {
-                let (hub, commands) = Hub::with_listener_lingering(settings.topic_linger);
+                let keeping = Keeping {
+                    linger: settings.topic_linger,
+                    recent_messages: settings.live_cache_messages,
+                    recent_bytes: settings.live_cache_bytes,
+                };
+                let (hub, commands) = Hub::with_listener_keeping(keeping);
                 let (prefix, retention) = (&settings.redis_prefix, settings.retention());
                 let observed = (limits.clone(), metrics.clone());
                 let store = RedisStore::connect_limited(

@@ -129,6 +129,15 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_TOPIC_LINGER_MS", default_value_t = defaults().topic_linger.as_millis() as u64)]
     pub topic_linger_ms: u64,
 
+    /// With Redis: how many of a channel's newest messages, heard live, a node keeps to answer resuming clients
+    /// without reading the store (0: always read the store).
+    #[arg(long, env = "STICKLESS_LIVE_CACHE_MESSAGES", default_value_t = defaults().live_cache_messages)]
+    pub live_cache_messages: usize,
+
+    /// With Redis: the most bytes of message frames that cache keeps per channel.
+    #[arg(long, env = "STICKLESS_LIVE_CACHE_BYTES", default_value_t = defaults().live_cache_bytes)]
+    pub live_cache_bytes: usize,
+
     /// Most TCP connections open at once on this node, idle ones included (default: the open-file limit, raised
     /// to the hard limit, less 128).
     #[arg(long, env = "STICKLESS_MAX_TCP_CONNECTIONS")]
@@ -318,6 +327,8 @@ impl Config {
             "header_timeout_ms" => |s: &mut Settings| s.header_timeout = Duration::from_millis(self.header_timeout_ms);
             "body_timeout_ms" => |s: &mut Settings| s.body_timeout = Duration::from_millis(self.body_timeout_ms);
             "topic_linger_ms" => |s: &mut Settings| s.topic_linger = Duration::from_millis(self.topic_linger_ms);
+            "live_cache_messages" => |s: &mut Settings| s.live_cache_messages = self.live_cache_messages;
+            "live_cache_bytes" => |s: &mut Settings| s.live_cache_bytes = self.live_cache_bytes;
             "max_tcp_connections" => |s: &mut Settings| s.max_tcp_connections = self.max_tcp_connections;
             "connections_per_ip" => |s: &mut Settings| s.limits.connections_per_ip = self.connections_per_ip;
             "ready_max_load" => |s: &mut Settings| s.ready_max_load = self.ready_max_load;
@@ -368,6 +379,8 @@ struct File {
     header_timeout_ms: Option<u64>,
     body_timeout_ms: Option<u64>,
     topic_linger_ms: Option<u64>,
+    live_cache_messages: Option<usize>,
+    live_cache_bytes: Option<usize>,
     max_tcp_connections: Option<usize>,
     ready_max_load: Option<f64>,
     drain_window_ms: Option<u64>,
@@ -475,6 +488,8 @@ impl File {
         set(&mut s.header_timeout, millis(self.header_timeout_ms));
         set(&mut s.body_timeout, millis(self.body_timeout_ms));
         set(&mut s.topic_linger, millis(self.topic_linger_ms));
+        set(&mut s.live_cache_messages, self.live_cache_messages);
+        set(&mut s.live_cache_bytes, self.live_cache_bytes);
         set(&mut s.max_tcp_connections, self.max_tcp_connections.map(Some));
         set(&mut s.ready_max_load, self.ready_max_load);
         set(&mut s.drain_window, millis(self.drain_window_ms));

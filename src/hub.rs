@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::model::{ChannelName, SessionId};
+use crate::model::{ChannelName, Cursor, SessionId};
 use crate::protocol::Message;
+use crate::recovery::Recent;
 
 /// What a feed can listen to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -61,6 +62,18 @@ struct Entry {
     listeners: usize,
     /// Since when the topic has had no listener (it lingers, still subscribed).
     idle_since: Option<Instant>,
+    /// A channel's newest messages heard live (with a store that needs subscriptions, when enabled).
+    recent: Option<Mutex<Recent<Arc<Message>>>>,
+}
+
+/// How a hub fed by a store's subscriptions keeps what it heard.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keeping {
+    /// How long a topic stays subscribed after its last listener left.
+    pub linger: Duration,
+    /// How many of a channel's newest messages, and how many bytes of them, it keeps for resuming readers.
+    pub recent_messages: usize,
+    pub recent_bytes: usize,
 }
 
 pub struct Hub {
@@ -71,8 +84,7 @@ pub struct Hub {
     /// `None` for a store that needs no subscriptions (memory): topics are ready at once.
     // Unbounded: one command per topic created or dropped on this node, never one per message.
     commands: Option<mpsc::UnboundedSender<ListenCommand>>,
-    /// How long a topic stays subscribed after its last listener left.
-    linger: Duration,
+    keeping: Keeping,
 }
 
 impl Hub {
@@ -82,26 +94,26 @@ impl Hub {
             topics: RwLock::default(),
             always_ready: watch::channel(true).1,
             commands: None,
-            linger: Duration::ZERO,
+            keeping: Keeping::default(),
         })
     }
 
     /// A hub that asks a store's listener task to subscribe topics; the task reads the returned queue. Topics
     /// are unsubscribed as soon as their last listener leaves.
     pub fn with_listener() -> (Arc<Hub>, mpsc::UnboundedReceiver<ListenCommand>) {
-        Self::with_listener_lingering(Duration::ZERO)
+        Self::with_listener_keeping(Keeping::default())
     }
 
-    /// The same, with topics kept subscribed for `linger` after their last listener left; the store's listener
-    /// task calls [`Hub::expire_idle`] now and then.
-    pub fn with_listener_lingering(linger: Duration) -> (Arc<Hub>, mpsc::UnboundedReceiver<ListenCommand>) {
+    /// The same, with topics kept subscribed for a linger after their last listener left (the store's listener
+    /// task calls [`Hub::expire_idle`] now and then), and channels' newest messages kept for [`Hub::recent`].
+    pub fn with_listener_keeping(keeping: Keeping) -> (Arc<Hub>, mpsc::UnboundedReceiver<ListenCommand>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Arc::new(Hub {
                 topics: RwLock::default(),
                 always_ready: watch::channel(true).1,
                 commands: Some(tx),
-                linger,
+                keeping,
             }),
             rx,
         )
@@ -123,7 +135,13 @@ impl Hub {
                 Topic::Channel(_) => CHANNEL_CAPACITY,
                 Topic::Session(_) => SESSION_CAPACITY,
             };
-            Entry { sender: broadcast::channel(capacity).0, ready, listeners: 0, idle_since: None }
+            let recent = match topic {
+                Topic::Channel(_) if self.commands.is_some() && self.keeping.recent_messages > 0 => {
+                    Some(Mutex::new(Recent::new(self.keeping.recent_messages, self.keeping.recent_bytes)))
+                }
+                _ => None,
+            };
+            Entry { sender: broadcast::channel(capacity).0, ready, listeners: 0, idle_since: None, recent }
         });
         entry.listeners += 1;
         entry.idle_since = None;
@@ -132,19 +150,44 @@ impl Hub {
     }
 
     /// Hands an event to every local listener of `topic`.
+    ///
+    /// Under the topics' read lock, as [`Hub::listen`] takes the write lock: a message is either kept in the
+    /// channel's recent run before a new listener subscribes, or sent to it after.
     pub fn deliver(&self, topic: &Topic, event: Live) {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = topics.get(topic) {
+            if let Some(recent) = &entry.recent {
+                let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
+                match &event {
+                    Live::Message(m) => recent.push(&m.epoch, m.offset, m.frame.len(), m.clone()),
+                    Live::Resync => recent.clear(),
+                    Live::SessionChanged => {}
+                }
+            }
             let _ = entry.sender.send(event);
         }
     }
 
-    /// Tells every listener to re-read history (after the store reconnected or live delivery lagged).
+    /// Tells every listener to re-read history (after the store reconnected or live delivery lagged), and forgets
+    /// every channel's recent run: messages may have been missed.
     pub fn resync_all(&self) {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
         for entry in topics.values() {
+            if let Some(recent) = &entry.recent {
+                recent.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
             let _ = entry.sender.send(Live::Resync);
         }
+    }
+
+    /// The messages of `channel` after `cursor`, when this node heard everything since (`None`: read the store).
+    /// Every later message reaches a listener of the channel live, so a feed that listens already may take
+    /// this as its history read.
+    pub fn recent(&self, channel: &ChannelName, cursor: &Cursor) -> Option<Vec<Arc<Message>>> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let recent = topics.get(&Topic::Channel(channel.clone()))?.recent.as_ref()?;
+        let answer = recent.lock().unwrap_or_else(|e| e.into_inner()).after(cursor);
+        answer
     }
 
     /// The topics with listeners here, for a store that re-subscribes after reconnecting.
@@ -155,7 +198,7 @@ impl Hub {
     /// Unsubscribes the topics that have had no listener for the linger time.
     pub fn expire_idle(&self) {
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        let linger = self.linger;
+        let linger = self.keeping.linger;
         topics.retain(|topic, entry| {
             let expired = entry.idle_since.is_some_and(|since| since.elapsed() >= linger);
             if expired {
@@ -172,7 +215,7 @@ impl Hub {
             if entry.listeners > 0 {
                 return;
             }
-            if self.commands.is_some() && !self.linger.is_zero() {
+            if self.commands.is_some() && !self.keeping.linger.is_zero() {
                 entry.idle_since = Some(Instant::now());
             } else {
                 topics.remove(topic);
@@ -248,7 +291,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_topic_lingers_after_its_last_listener_and_a_new_one_finds_it_ready() {
-        let (hub, mut commands) = Hub::with_listener_lingering(Duration::from_millis(50));
+        let (hub, mut commands) =
+            Hub::with_listener_keeping(Keeping { linger: Duration::from_millis(50), ..Keeping::default() });
         let topic = Topic::Session(SessionId::random());
         let first = hub.listen(topic.clone());
         let Some(ListenCommand::Listen(_, ready)) = commands.recv().await else { panic!("no listen") };

@@ -308,6 +308,63 @@ impl Tracker {
     }
 }
 
+/// A channel's newest messages as this node heard them live, kept so that a resuming client (above all a
+/// long-poll, which resumes every poll) reads from here instead of the store.
+///
+/// It holds a contiguous run of offsets in one epoch, ending at the newest message heard. Whoever feeds it must
+/// hear every live message of the channel in order, and [`Recent::clear`] it whenever live delivery may have
+/// missed one (a store reconnect, a lagged pub/sub reader): a break in the run (a skipped offset, another
+/// epoch) starts it over. So a cursor within the run can be answered completely from it, and every message after
+/// its newest will still arrive live. Bounded by a count and a size in bytes.
+#[derive(Debug)]
+pub struct Recent<T> {
+    entries: std::collections::VecDeque<(Epoch, u64, usize, T)>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl<T: Clone> Recent<T> {
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Recent { entries: Default::default(), bytes: 0, max_entries, max_bytes }
+    }
+
+    /// Takes the next message heard live (`size` bytes).
+    pub fn push(&mut self, epoch: &Epoch, offset: u64, size: usize, item: T) {
+        let follows = self.entries.back().is_some_and(|(e, o, _, _)| e == epoch && o.checked_add(1) == Some(offset));
+        // The run must end at the newest message heard: one that cannot be kept ends it.
+        if !follows || self.max_entries == 0 || size > self.max_bytes {
+            self.clear();
+        }
+        if self.max_entries == 0 || size > self.max_bytes {
+            return;
+        }
+        self.entries.push_back((epoch.clone(), offset, size, item));
+        self.bytes += size;
+        while self.entries.len() > self.max_entries || self.bytes > self.max_bytes {
+            if let Some((_, _, size, _)) = self.entries.pop_front() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Everything after `cursor`, when the run answers it completely: the cursor is in the run's epoch, no older
+    /// than the message before its first and no newer than its last. `None`: ask the store.
+    pub fn after(&self, cursor: &Cursor) -> Option<Vec<T>> {
+        let (epoch, first, _, _) = self.entries.front()?;
+        let (_, last, _, _) = self.entries.back()?;
+        if *epoch != cursor.epoch || cursor.offset.saturating_add(1) < *first || cursor.offset > *last {
+            return None;
+        }
+        Some(self.entries.iter().filter(|(_, o, _, _)| *o > cursor.offset).map(|(_, _, _, t)| t.clone()).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +434,75 @@ mod tests {
         tracker.retain(|_| false);
         assert!(!tracker.follows(&chat));
         assert_eq!(tracker.position().to_string(), "");
+    }
+
+    #[test]
+    fn recent_answers_only_cursors_within_its_run() {
+        let (e1, e2) = (epoch("e1"), epoch("e2"));
+        let mut recent = Recent::new(3, 1000);
+        assert_eq!(recent.after(&Cursor::new(e1.clone(), 0)), None, "empty: ask the store");
+        for offset in 4..=7 {
+            recent.push(&e1, offset, 10, offset);
+        }
+        // Offsets 5..=7 kept (3 entries).
+        let after = |recent: &Recent<u64>, e: &Epoch, o: u64| recent.after(&Cursor::new(e.clone(), o));
+        assert_eq!(after(&recent, &e1, 4), Some(vec![5, 6, 7]), "just before the run");
+        assert_eq!(after(&recent, &e1, 6), Some(vec![7]));
+        assert_eq!(after(&recent, &e1, 7), Some(vec![]), "caught up: wait for live");
+        assert_eq!(after(&recent, &e1, 3), None, "older than the run");
+        assert_eq!(after(&recent, &e1, 8), None, "ahead of what this node heard");
+        assert_eq!(after(&recent, &e2, 6), None, "another epoch");
+        recent.push(&e1, 9, 10, 9);
+        assert_eq!(after(&recent, &e1, 8), Some(vec![9]), "a skipped offset starts the run over");
+        assert_eq!(after(&recent, &e1, 7), None);
+        recent.push(&e2, 10, 10, 10);
+        assert_eq!(after(&recent, &e1, 9), None, "a new epoch starts it over");
+        assert_eq!(after(&recent, &e2, 9), Some(vec![10]));
+        recent.clear();
+        assert_eq!(after(&recent, &e2, 10), None, "cleared: ask the store");
+        let mut small = Recent::new(10, 25);
+        for offset in 1..=3 {
+            small.push(&e1, offset, 10, offset);
+        }
+        assert_eq!(after(&small, &e1, 1), Some(vec![2, 3]), "bounded by bytes too");
+        small.push(&e1, 4, 30, 4);
+        assert_eq!(after(&small, &e1, 3), None, "a message over the byte bound empties it");
+    }
+
+    proptest::proptest! {
+        /// Whatever it hears, in whatever bounds, the run answers a cursor with exactly what was heard after it
+        /// since the last break (a clear, a skipped offset, another epoch), or not at all.
+        #[test]
+        fn recent_answers_completely_or_not_at_all(
+            heard in proptest::collection::vec((0usize..2, 0u64..4, 1usize..60), 1..200),
+            (cursor_epoch, cursor_offset) in (0usize..2, 0u64..500),
+            (max_entries, max_bytes) in (0usize..20, 0usize..300),
+        ) {
+            let epochs = [epoch("e0"), epoch("e1")];
+            let mut recent = Recent::new(max_entries, max_bytes);
+            // The model: every message heard since the last break, unbounded.
+            let mut run: Vec<(usize, u64)> = Vec::new();
+            let mut offset = 0;
+            for (e, step, size) in heard {
+                if step == 0 {
+                    recent.clear();
+                    run.clear();
+                    continue;
+                }
+                offset += step;
+                if run.last().is_some_and(|&(last_e, last)| last_e != e || last + 1 != offset) {
+                    run.clear();
+                }
+                run.push((e, offset));
+                recent.push(&epochs[e], offset, size, offset);
+            }
+            if let Some(got) = recent.after(&Cursor::new(epochs[cursor_epoch].clone(), cursor_offset)) {
+                let &(run_epoch, newest) = run.last().expect("an answer only after something was heard");
+                proptest::prop_assert_eq!(run_epoch, cursor_epoch);
+                proptest::prop_assert!(cursor_offset <= newest);
+                let expected: Vec<u64> = run.iter().map(|&(_, o)| o).filter(|&o| o > cursor_offset).collect();
+                proptest::prop_assert_eq!(got, expected);
+            }
+        }
     }
 }

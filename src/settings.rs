@@ -79,6 +79,11 @@ pub struct Settings {
     /// How long this node keeps a Redis pub/sub subscription (a channel's, a session's) after the last connection
     /// that needed it left: a long-polling client needs it again with its next poll (0: unsubscribe at once).
     pub topic_linger: Duration,
+    /// With Redis: how many of a channel's newest messages, heard live, a node keeps to answer resuming clients
+    /// (a long-poll resumes every poll) without reading the store (0: always read the store), and in how many
+    /// bytes at most per channel.
+    pub live_cache_messages: usize,
+    pub live_cache_bytes: usize,
     /// The most TCP connections open at once on this node, idle keep-alive ones included (`None`: the process's
     /// open-file limit, raised to its hard limit, less 128 kept for Redis, hooks and files).
     pub max_tcp_connections: Option<usize>,
@@ -135,6 +140,8 @@ impl Default for Settings {
             header_timeout: Duration::from_secs(15),
             body_timeout: Duration::from_secs(30),
             topic_linger: Duration::from_secs(30),
+            live_cache_messages: 64,
+            live_cache_bytes: 256 * 1024,
             max_tcp_connections: None,
             ready_max_load: 0.9,
             drain_window: Duration::from_secs(10),

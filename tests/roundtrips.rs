@@ -1,6 +1,7 @@
 //! Redis round trips and commands per long-poll and per publish, counted on a real redis-server, so a change that
 //! adds one fails here. A poll that finds a message waiting costs two round trips (load the session, read the
-//! history; its pub/sub topics stay subscribed between polls), a publish one, whatever the number of subscribers.
+//! history; its pub/sub topics stay subscribed between polls), or one when the node heard the message live and
+//! answers from its live cache; a publish costs one, whatever the number of subscribers.
 //!
 //! Round trips are counted by a TCP proxy between a node and Redis: a turn is a command sent on a connection with
 //! no reply outstanding, so a pipeline is one turn however many commands it carries.
@@ -39,6 +40,8 @@ impl Turns {
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else { continue };
+                // As Redis does: without it, Nagle's algorithm holds a small push behind an unacknowledged write.
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
                 let (mut from_node, mut to_node) = client.into_split();
                 let (mut from_redis, mut to_redis) = server.into_split();
                 let flight = Arc::new(Mutex::new(Flight::default()));
@@ -142,11 +145,20 @@ fn commands_between(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poll_with_data_waiting_costs_two_round_trips_and_a_publish_one() {
+/// Round trips and commands of ten polls that each find a message waiting, and of the ten publishes.
+struct Costs {
+    poll_turns: Vec<u64>,
+    publish_turns: Vec<u64>,
+    poll_commands: Vec<BTreeMap<String, u64>>,
+    publish_commands: Vec<BTreeMap<String, u64>>,
+}
+
+/// A client long-polls one node; another node publishes; both reach Redis through their own counting proxy.
+async fn measure(node_args: &[&str]) -> Costs {
     let redis = Redis::start(&[]).await;
     let (polls, publishes) = (Turns::start(redis.port).await, Turns::start(redis.port).await);
-    let poll_node = Node::start(&["--redis-url", &polls.url()]).await;
+    let poll_url = polls.url();
+    let poll_node = Node::start(&[&["--redis-url", poll_url.as_str()], node_args].concat()).await;
     let publish_node = Node::start(&["--redis-url", &publishes.url()]).await;
     let mut client = Poller::open(&poll_node.url, "rt").await;
     // Other sessions subscribed to the channel: a publish costs the same for them.
@@ -159,39 +171,62 @@ async fn a_poll_with_data_waiting_costs_two_round_trips_and_a_publish_one() {
     let frames = client.poll(&poll_node.url).await;
     assert!(frames.iter().any(|f| f["data"] == "warm-up"), "{frames:?}");
 
-    let mut poll_turns = Vec::new();
-    let mut publish_turns = Vec::new();
-    let mut poll_commands = Vec::new();
-    let mut publish_commands = Vec::new();
+    let mut costs =
+        Costs { poll_turns: vec![], publish_turns: vec![], poll_commands: vec![], publish_commands: vec![] };
     for i in 0..10 {
         let (turns, stats) = (publishes.count(), commandstats(&redis));
-        // Acknowledged once stored: the next poll finds it in history.
+        // Acknowledged once stored: the next poll finds it in history (or hears it live).
         publish_ok(&publish_node.url, "rt", json!(i)).await;
-        publish_turns.push(publishes.count() - turns);
-        publish_commands.push(commands_between(&stats, &commandstats(&redis)));
+        costs.publish_turns.push(publishes.count() - turns);
+        costs.publish_commands.push(commands_between(&stats, &commandstats(&redis)));
 
         let (turns, stats) = (polls.count(), commandstats(&redis));
         let frames = client.poll(&poll_node.url).await;
-        poll_turns.push(polls.count() - turns);
-        poll_commands.push(commands_between(&stats, &commandstats(&redis)));
+        costs.poll_turns.push(polls.count() - turns);
+        costs.poll_commands.push(commands_between(&stats, &commandstats(&redis)));
         let data: Vec<_> = frames.iter().filter(|f| f["type"] == "message").map(|f| f["data"].clone()).collect();
         assert_eq!(data, vec![json!(i)], "poll {i} answers the message waiting: {frames:?}");
     }
-    eprintln!("round trips per poll {poll_turns:?}, per publish {publish_turns:?}");
-    eprintln!("commands of one poll {:?}", poll_commands[0]);
-    eprintln!("commands of one publish {:?}", publish_commands[0]);
-    assert!(poll_turns.iter().all(|&t| t <= 2), "a poll with data waiting: at most 2 round trips, {poll_turns:?}");
-    assert!(publish_turns.iter().all(|&t| t == 1), "a publish: one round trip, {publish_turns:?}");
-    let total = |c: &BTreeMap<String, u64>| c.values().sum::<u64>();
-    assert!(
-        poll_commands.iter().all(|c| !c.contains_key("subscribe") && !c.contains_key("unsubscribe")),
-        "no pub/sub churn per poll: {poll_commands:?}"
-    );
-    assert!(poll_commands.iter().all(|c| total(c) <= 10), "commands per poll: {poll_commands:?}");
-    assert!(
-        publish_commands.iter().all(|c| c.get("evalsha") == Some(&1)),
-        "one script per publish: {publish_commands:?}"
-    );
-    assert!(publish_commands.iter().all(|c| total(c) <= 12), "commands per publish: {publish_commands:?}");
+    eprintln!("{node_args:?}: round trips per poll {:?}, per publish {:?}", costs.poll_turns, costs.publish_turns);
+    eprintln!("commands of one poll {:?}", costs.poll_commands[5]);
+    eprintln!("commands of one publish {:?}", costs.publish_commands[5]);
     drop(others);
+    costs
+}
+
+fn total(commands: &BTreeMap<String, u64>) -> u64 {
+    commands.values().sum()
+}
+
+/// Without the live cache every poll reads the channel's history: two round trips, the session load and the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_with_data_waiting_costs_two_round_trips_and_a_publish_one() {
+    let costs = measure(&["--live-cache-messages", "0"]).await;
+    assert!(
+        costs.poll_turns.iter().all(|&t| t == 2),
+        "a poll with data waiting: 2 round trips, {:?}",
+        costs.poll_turns
+    );
+    assert!(costs.publish_turns.iter().all(|&t| t == 1), "a publish: one round trip, {:?}", costs.publish_turns);
+    let polls = &costs.poll_commands;
+    assert!(
+        polls.iter().all(|c| !c.contains_key("subscribe") && !c.contains_key("unsubscribe")),
+        "no pub/sub churn per poll: {polls:?}"
+    );
+    assert!(polls.iter().all(|c| c.get("evalsha") == Some(&2) && total(c) <= 10), "commands per poll: {polls:?}");
+    let publishes = &costs.publish_commands;
+    assert!(publishes.iter().all(|c| c.get("evalsha") == Some(&1)), "one script per publish: {publishes:?}");
+    assert!(publishes.iter().all(|c| total(c) <= 12), "commands per publish: {publishes:?}");
+}
+
+/// With the live cache (the default) a node that heard the messages since the client's cursor answers from it:
+/// one round trip, the session load. The first poll may come before the node heard anything it could answer from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_the_live_cache_a_poll_costs_one_round_trip() {
+    let costs = measure(&[]).await;
+    assert!(costs.poll_turns.iter().all(|&t| t <= 2), "{:?}", costs.poll_turns);
+    assert!(costs.poll_turns[1..].iter().all(|&t| t == 1), "after the first, 1 round trip: {:?}", costs.poll_turns);
+    let later = &costs.poll_commands[1..];
+    assert!(later.iter().all(|c| c.get("evalsha") == Some(&1) && total(c) <= 3), "the session load only: {later:?}");
+    assert!(costs.publish_turns.iter().all(|&t| t == 1), "{:?}", costs.publish_turns);
 }

@@ -42,19 +42,31 @@ pub(super) async fn run(
         tokio::select! {
             command = commands.recv() => match command {
                 Some(ListenCommand::Listen(topic, ready)) => {
-                    let name = store.keys.topic(&topic);
-                    match store.subscribe_confirmed(&subscriber, std::slice::from_ref(&name)).await {
-                        Ok(()) => { let _ = ready.send(true); }
-                        Err(err) => {
-                            tracing::warn!(%err, topic = %name, "could not subscribe; retrying");
-                            pending.push((topic, ready));
+                    // Every listen already queued goes in the same SUBSCRIBE and is confirmed by the same PING:
+                    // a reconnect storm's thousands of sessions cost a few round trips, not two each. An unlisten
+                    // ends the batch and runs after it, so both keep their order.
+                    let mut batch = vec![(topic, ready)];
+                    let mut then = None;
+                    while batch.len() < MAX_BATCH {
+                        match commands.try_recv() {
+                            Ok(ListenCommand::Listen(topic, ready)) => batch.push((topic, ready)),
+                            Ok(unlisten) => { then = Some(unlisten); break; }
+                            Err(_) => break,
                         }
                     }
+                    let names: Vec<String> = batch.iter().map(|(topic, _)| store.keys.topic(topic)).collect();
+                    match store.subscribe_confirmed(&subscriber, &names).await {
+                        Ok(()) => for (_, ready) in batch { let _ = ready.send(true); },
+                        Err(err) => {
+                            tracing::warn!(%err, topics = names.len(), "could not subscribe; retrying");
+                            pending.extend(batch);
+                        }
+                    }
+                    if let Some(ListenCommand::Unlisten(topic)) = then {
+                        unlisten(&store, &subscriber, &topic).await;
+                    }
                 }
-                Some(ListenCommand::Unlisten(topic)) => {
-                    let name = store.keys.topic(&topic);
-                    let _ = if store.sharded { subscriber.sunsubscribe(name).await } else { subscriber.unsubscribe(name).await };
-                }
+                Some(ListenCommand::Unlisten(topic)) => unlisten(&store, &subscriber, &topic).await,
                 None => break,
             },
             _ = probes.tick() => {
@@ -122,6 +134,15 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// The most topics one SUBSCRIBE takes.
+const MAX_BATCH: usize = 1024;
+
+async fn unlisten(store: &RedisStore, subscriber: &SubscriberClient, topic: &Topic) {
+    let name = store.keys.topic(topic);
+    let _: Result<(), _> =
+        if store.sharded { subscriber.sunsubscribe(name).await } else { subscriber.unsubscribe(name).await };
 }
 
 impl RedisStore {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use fred::interfaces::ClientLike;
 use fred::prelude::{Client, Config, ReconnectPolicy};
+use fred::types::config::TcpConfig;
 use fred::types::scripts::Script;
 use fred::types::{Builder, Value};
 use tokio::sync::mpsc;
@@ -116,6 +117,9 @@ impl RedisStore {
             })
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(3);
+                // fred leaves Nagle's algorithm on: a small command written while an earlier one is unacknowledged
+                // would wait for that ACK (Redis, and every Redis client of note, set TCP_NODELAY).
+                c.tcp = TcpConfig { nodelay: Some(true), ..TcpConfig::default() };
                 // A command cut off in flight fails (the caller retries with its id) rather than being re-sent.
                 c.max_command_attempts = 1;
             });
