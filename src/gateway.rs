@@ -136,6 +136,58 @@ impl<S: Store> Gateway<S> {
         Ok((channel, cursor))
     }
 
+    /// Publishes a backend's batch in order; answers each message's outcome. The valid ones go to the store
+    /// together (on Redis one pipeline: one round trip for the batch, not one per message).
+    pub async fn publish_all(
+        &self,
+        batch: &[(&str, &RawValue, Option<&str>)],
+    ) -> Vec<Result<(ChannelName, Cursor), Error>> {
+        struct Checked<'a> {
+            channel: ChannelName,
+            data: std::borrow::Cow<'a, RawValue>,
+            dedupe: Option<String>,
+        }
+        let checked: Vec<Result<Checked, Error>> = batch
+            .iter()
+            .map(|&(channel, data, key)| {
+                let channel = ChannelName::parse(channel)?;
+                if key.is_some_and(|key| key.is_empty() || key.len() > 128) {
+                    return Err(Error::invalid("`idempotency_key` must be 1..128 chars"));
+                }
+                let data = self.checked_data(&channel, data)?;
+                Ok(Checked { channel, data, dedupe: key.map(|k| format!("k:{k}")) })
+            })
+            .collect();
+        let ts = now_ms();
+        let appends: Vec<(ChannelName, Append)> = checked
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .map(|c| {
+                let keep = self.settings().keep(&c.channel);
+                let append = Append {
+                    data: &c.data,
+                    ts,
+                    dedupe: c.dedupe.as_deref(),
+                    from: None,
+                    keep,
+                    creator: Creator::Backend,
+                };
+                (c.channel.clone(), append)
+            })
+            .collect();
+        let mut stored = self.store().append_all(&appends).await.into_iter();
+        checked
+            .into_iter()
+            .map(|c| {
+                let c = c?;
+                let cursor =
+                    stored.next().unwrap_or_else(|| Err(crate::store::StoreError::Unavailable("no outcome".into())))?;
+                self.0.metrics.published(false);
+                Ok((c.channel, cursor))
+            })
+            .collect()
+    }
+
     /// The public ids subscribed to `channel` on every node.
     pub async fn presence(&self, channel: &str) -> Result<(ChannelName, Vec<String>), Error> {
         let channel = ChannelName::parse(channel)?;
@@ -151,6 +203,20 @@ impl<S: Store> Gateway<S> {
         from: Option<&Sender>,
         creator: Creator,
     ) -> Result<Cursor, Error> {
+        let data = self.checked_data(channel, data)?;
+        let keep = self.settings().keep(channel);
+        let cursor =
+            self.store().append(channel, Append { data: &data, ts: now_ms(), dedupe, from, keep, creator }).await?;
+        self.0.metrics.published(from.is_some());
+        Ok(cursor)
+    }
+
+    /// Message data as stored: within the channel's size and depth limits, compacted.
+    fn checked_data<'a>(
+        &self,
+        channel: &ChannelName,
+        data: &'a RawValue,
+    ) -> Result<std::borrow::Cow<'a, RawValue>, Error> {
         let max = self.settings().max_message_bytes(channel);
         if data.get().len() > max {
             return Err(Error::PayloadTooLarge(max));
@@ -160,12 +226,7 @@ impl<S: Store> Gateway<S> {
         if protocol::json_depth(data) > deepest {
             return Err(Error::invalid(format!("data nests deeper than max_data_depth ({deepest}) levels")));
         }
-        let data = protocol::compact(data);
-        let keep = self.settings().keep(channel);
-        let cursor =
-            self.store().append(channel, Append { data: &data, ts: now_ms(), dedupe, from, keep, creator }).await?;
-        self.0.metrics.published(from.is_some());
-        Ok(cursor)
+        Ok(protocol::compact(data))
     }
 
     /// The grant `token` gives, when this server accepts tokens.

@@ -96,13 +96,17 @@ async fn publish<S: Store>(
         if messages.len() > api.max_batch {
             return Err(Error::TooManyFrames(api.max_batch));
         }
-        let mut outcomes = Vec::with_capacity(messages.len());
-        for fields in &messages {
-            outcomes.push(match publish_item(fields) {
-                Ok((channel, data, key)) => api.gateway.publish(&channel, data, key.as_deref()).await,
-                Err(err) => Err(err),
-            });
-        }
+        let items: Vec<_> = messages.iter().map(publish_item).collect();
+        let valid: Vec<(&str, &RawValue, Option<&str>)> = items
+            .iter()
+            .filter_map(|item| item.as_ref().ok())
+            .map(|(c, d, k)| (c.as_str(), *d, k.as_deref()))
+            .collect();
+        let mut published = api.gateway.publish_all(&valid).await.into_iter();
+        let outcomes: Vec<Result<_, Error>> = items
+            .into_iter()
+            .map(|item| item.and_then(|_| published.next().unwrap_or_else(|| Err(Error::invalid("no outcome")))))
+            .collect();
         let results = outcomes
             .iter()
             .map(|outcome| match outcome {

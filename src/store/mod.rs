@@ -95,6 +95,21 @@ pub trait ChannelLog: Send + Sync + 'static {
         message: Append<'_>,
     ) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
 
+    /// Appends several messages in order, each as [`ChannelLog::append`] would, and answers each one's outcome. A
+    /// store may send them together (Redis: one pipeline, one round trip for the whole batch).
+    fn append_all<'a>(
+        &'a self,
+        messages: &'a [(ChannelName, Append<'a>)],
+    ) -> impl Future<Output = Vec<Result<Cursor, StoreError>>> + Send + 'a {
+        async move {
+            let mut outcomes = Vec::with_capacity(messages.len());
+            for (channel, message) in messages {
+                outcomes.push(self.append(channel, *message).await);
+            }
+            outcomes
+        }
+    }
+
     /// The messages after `after`, at most `limit`, where [`crate::recovery::resume`] says they start.
     fn read(
         &self,

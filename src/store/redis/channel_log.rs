@@ -5,9 +5,10 @@
 
 use std::time::Instant;
 
-use fred::interfaces::ServerInterface;
+use fred::interfaces::{ClientLike, ServerInterface};
 use fred::types::scripts::Script;
 use fred::types::Value;
+use fred::types::{ClusterHash, CustomCommand};
 use serde_json::value::RawValue;
 
 use super::keys::Part;
@@ -19,26 +20,7 @@ use crate::store::{Append, ChannelLog, Creator, History, StoreError};
 
 impl ChannelLog for RedisStore {
     async fn append(&self, channel: &ChannelName, append: Append<'_>) -> Result<Cursor, StoreError> {
-        let mut keys = vec![self.keys.channel(channel, Part::Meta), self.keys.channel(channel, Part::History)];
-        if let Some(key) = append.dedupe {
-            keys.push(self.keys.dedupe(channel, key));
-        }
-        let from = match append.from {
-            Some(sender) => serde_json::to_string(sender).unwrap_or_default(),
-            None => String::new(),
-        };
-        let args = vec![
-            append.data.get().to_owned(),
-            append.ts.to_string(),
-            append.keep.size.to_string(),
-            Self::ttl_ms(append.keep.ttl),
-            Self::ttl_ms(self.retention.dedupe_ttl),
-            self.keys.channel(channel, Part::Live),
-            Epoch::random().to_string(),
-            if self.sharded { "1" } else { "0" }.to_owned(),
-            self.meta_ttl_ms(append.keep.ttl).to_string(),
-            from,
-        ];
+        let (keys, args) = self.append_call(channel, &append);
         // The backend creates channels freely; a client within the node's rate.
         let Some(writers) = &self.writers else {
             return append_reply(&self.creating(&self.client, &self.scripts.append, keys, args, append.creator).await?);
@@ -56,6 +38,31 @@ impl ChannelLog for RedisStore {
                 "stored on the primary but confirmed by {n} of {wanted} replicas within {within:?}"
             ))),
         }
+    }
+
+    /// One pipeline for the whole batch (fred writes it at once; Redis runs the scripts in order), unless a
+    /// client may create channels (counted one by one) or publishes wait for replicas (a WAIT per connection).
+    async fn append_all<'a>(&'a self, messages: &'a [(ChannelName, Append<'a>)]) -> Vec<Result<Cursor, StoreError>> {
+        let per_message = self.writers.is_some()
+            || messages.iter().any(|(_, m)| matches!(m.creator, Creator::Client(_)) && self.limits.limits_channels());
+        if per_message {
+            let mut outcomes = Vec::with_capacity(messages.len());
+            for (channel, message) in messages {
+                outcomes.push(self.append(channel, *message).await);
+            }
+            return outcomes;
+        }
+        let started = Instant::now();
+        let mut replies = self.append_pipeline(messages).await;
+        if replies.iter().any(|r| r.as_ref().is_err_and(|e| e.details().starts_with("NOSCRIPT"))) {
+            // A Redis that lost its scripts (restarted, flushed) ran none of them: load it and send them again.
+            replies = match self.scripts.append.load(&self.client).await {
+                Ok(()) => self.append_pipeline(messages).await,
+                Err(err) => return messages.iter().map(|_| Err(super::unavailable(err.clone()))).collect(),
+            };
+        }
+        self.metrics.store_round_trip(started.elapsed(), replies.iter().all(|r| r.is_ok()));
+        replies.into_iter().map(|reply| append_reply(&reply.map_err(super::unavailable)?)).collect()
     }
 
     async fn read(&self, channel: &ChannelName, after: &Cursor, limit: usize) -> Result<History, StoreError> {
@@ -90,6 +97,50 @@ impl RedisStore {
     /// Runs a script that creates the channel when absent (its last argument says whether it may). When
     /// `limited`, it first may not; a channel found absent then counts against the node's channels per second
     /// before the second run creates it.
+    /// The append script's keys and arguments (without the last: whether it may create the channel).
+    fn append_call(&self, channel: &ChannelName, append: &Append<'_>) -> (Vec<String>, Vec<String>) {
+        let mut keys = vec![self.keys.channel(channel, Part::Meta), self.keys.channel(channel, Part::History)];
+        if let Some(key) = append.dedupe {
+            keys.push(self.keys.dedupe(channel, key));
+        }
+        let from = match append.from {
+            Some(sender) => serde_json::to_string(sender).unwrap_or_default(),
+            None => String::new(),
+        };
+        let args = vec![
+            append.data.get().to_owned(),
+            append.ts.to_string(),
+            append.keep.size.to_string(),
+            Self::ttl_ms(append.keep.ttl),
+            Self::ttl_ms(self.retention.dedupe_ttl),
+            self.keys.channel(channel, Part::Live),
+            Epoch::random().to_string(),
+            if self.sharded { "1" } else { "0" }.to_owned(),
+            self.meta_ttl_ms(append.keep.ttl).to_string(),
+            from,
+        ];
+        (keys, args)
+    }
+
+    /// Every append of `messages` in one pipeline, each allowed to create its channel.
+    async fn append_pipeline(&self, messages: &[(ChannelName, Append<'_>)]) -> Vec<Result<Value, fred::error::Error>> {
+        let pipe = self.client.pipeline();
+        for (channel, message) in messages {
+            let (keys, mut args) = self.append_call(channel, message);
+            args.push("1".into());
+            // EVALSHA by hand: fred's pipelines have no script interface. All keys share the channel's slot.
+            let slot = fred::util::redis_keyslot(keys[0].as_bytes());
+            let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
+            let mut call: Vec<Value> = vec![self.scripts.append.sha1().clone().into(), (keys.len() as i64).into()];
+            call.extend(keys.into_iter().chain(args).map(Value::from));
+            let queued: Result<(), _> = pipe.custom(command, call).await;
+            if let Err(err) = queued {
+                return messages.iter().map(|_| Err(err.clone())).collect();
+            }
+        }
+        pipe.try_all::<Value>().await
+    }
+
     async fn creating(
         &self,
         client: &fred::clients::Client,
