@@ -16,7 +16,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePort, portOpen, startBalancer, startGateway, startProcess, startRedis, stopAll, track } from '../tests/js/harness.mjs';
+import { freePort, portOpen, startBalancer, startGateway, startProcess, startRedis, stopAll, track, trackedPids } from '../tests/js/harness.mjs';
 import { barChart, lineChart, render } from './lib/charts.mjs';
 import { now, sleep } from './lib/common.mjs';
 import { httpPublisher, openSubscribers, round } from './lib/node-clients.mjs';
@@ -42,6 +42,7 @@ const C = QUICK
       idleSteps: [200, 500, 1000],
       fanout: [{ subs: 100, rate: 10 }, { subs: 1000, rate: 1 }],
       fanoutSeconds: 3,
+      rounds: 1,
       pollSeconds: 3,
       liveSubs: 100,
       publishSeconds: 2,
@@ -53,7 +54,8 @@ const C = QUICK
       idleSteps: [1000, 5000, 15000],
       // The same 10,000 deliveries/s at both sizes, so latency against subscribers is at one delivery rate.
       fanout: [{ subs: 1000, rate: 10 }, { subs: 10000, rate: 1 }],
-      fanoutSeconds: 10,
+      fanoutSeconds: 6,
+      rounds: 3,
       pollSeconds: 10,
       liveSubs: 1000,
       publishSeconds: 5,
@@ -89,6 +91,25 @@ function cpuSeconds(pid) {
     return 0;
   }
 }
+/**
+ * Machine-wide CPU busy time and ours (this process, every process it started, and those of them that have
+ * exited and been reaped: cutime/cstime), in seconds: the difference is other processes' load.
+ */
+function cpuSnapshot() {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const all = (pid) => {
+    try {
+      const x = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const g = x.slice(x.lastIndexOf(')') + 2).split(' ');
+      return (Number(g[11]) + Number(g[12]) + Number(g[13]) + Number(g[14])) / HZ;
+    } catch {
+      return 0;
+    }
+  };
+  return { t: now(), busy: (f[0] + f[1] + f[2] + f[7]) / HZ, irq: (f[5] + f[6]) / HZ, ours: [process.pid, ...trackedPids()].reduce((a, p) => a + all(p), 0) };
+}
+const otherCores = (a, b) => Math.max(0, (b.busy - a.busy - (b.ours - a.ours)) / ((b.t - a.t) / 1000));
+
 const rssKiB = (pid) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] || 0);
 
 /** A process and its children (nginx's master and its worker). */
@@ -194,6 +215,8 @@ async function socketIo(redis) {
 
 const TRANSPORTS = ['ws', 'sse', 'poll'];
 const TNAME = { ws: 'WebSocket', sse: 'SSE', poll: 'long-polling' };
+const SHORT = { stickless: 'stickless', axum: 'raw axum', sio: 'Socket.IO' };
+const COLOR = { 'stickless-ws': '#1f77b4', 'stickless-sse': '#2ca02c', 'stickless-poll': '#d62728', 'axum-ws': '#9ecae1', 'axum-sse': '#a1d99b', 'sio-ws': '#8c564b' };
 
 // -------------------------------------------------------------------------------------------------- idle --
 async function idle() {
@@ -204,7 +227,7 @@ async function idle() {
     const env = await stickless(1);
     try {
       const res = await loadgen(['idle', '--hosts', env.nodes[0].url, '--transport', t, '--steps', steps, '--pids', `${env.nodes[0].pid},${env.redis.pid}`]);
-      rows.push({ system: 'stickless', transport: t, steps: res.map((r) => ({ conns: r.connections, attached: r.attached, rss: r.rss_kib[0], base: r.base_rss_kib[0], redis: r.rss_kib[1] - r.base_rss_kib[1], errors: r.errors, openS: r.open_s })) });
+      rows.push({ system: 'stickless', key: 'stickless', transport: t, steps: res.map((r) => ({ conns: r.connections, attached: r.attached, rss: r.rss_kib[0], base: r.base_rss_kib[0], redis: r.rss_kib[1] - r.base_rss_kib[1], errors: r.errors, openS: r.open_s })) });
     } finally {
       await env.stop();
     }
@@ -214,7 +237,7 @@ async function idle() {
     const ax = await rawAxum();
     try {
       const res = await loadgen(['idle', '--flavor', 'axum', '--hosts', ax.url, '--transport', t, '--steps', steps, '--pids', String(ax.pid)]);
-      rows.push({ system: 'raw axum', transport: t, steps: res.map((r) => ({ conns: r.connections, attached: r.attached, rss: r.rss_kib[0], base: r.base_rss_kib[0], errors: r.errors, openS: r.open_s })) });
+      rows.push({ system: 'raw axum', key: 'axum', transport: t, steps: res.map((r) => ({ conns: r.connections, attached: r.attached, rss: r.rss_kib[0], base: r.base_rss_kib[0], errors: r.errors, openS: r.open_s })) });
     } finally {
       await ax.stop();
     }
@@ -241,7 +264,7 @@ async function idle() {
       steps.push({ conns: n, attached: n, rss: rssKiB(sio.pid), base, errors: 0, openS: (now() - t) / 1000 });
       log(`  ${n}: RSS ${rssKiB(sio.pid)} KiB`);
     }
-    rows.push({ system: 'Socket.IO 4', transport: 'ws', steps });
+    rows.push({ system: 'Socket.IO 4', key: 'sio', transport: 'ws', steps });
   } finally {
     await Promise.all((workers || []).map((w) => w.close()));
     await sio.stop();
@@ -253,7 +276,7 @@ async function idle() {
 async function fanout() {
   const rows = [];
   for (const { subs, rate } of C.fanout) {
-    const common = ['--subs', String(subs), '--rate', String(rate), '--duration', String(C.fanoutSeconds)];
+    const common = ['--subs', String(subs), '--rate', String(rate), '--duration', String(C.fanoutSeconds), '--rounds', String(C.rounds)];
     for (const t of TRANSPORTS) {
       log(`fanout: stickless ${TNAME[t]}, ${subs} subscribers, ${rate}/s`);
       const env = await stickless(1);
@@ -284,8 +307,13 @@ async function fanout() {
       const pids = [sio.pid, redis.pid];
       const cpu = () => pids.reduce((s, p) => s + cpuSeconds(p), 0);
       await round(workers, publish, 0, 5, 20, cpu, log);
-      const res = await round(workers, publish, 1, Math.round(rate * C.fanoutSeconds), rate, cpu, log);
-      log(`  p50 ${res.latency.p50_ms.toFixed(2)} p99 ${res.latency.p99_ms.toFixed(2)} ms, ${res.counts.received}/${res.expected}`);
+      const runs = [];
+      for (let r = 1; r <= C.rounds; r++) {
+        const res = await round(workers, publish, r, Math.round(rate * C.fanoutSeconds), rate, cpu, log);
+        log(`  round ${r}: p50 ${res.latency.p50_ms.toFixed(2)} p99 ${res.latency.p99_ms.toFixed(2)} ms, ${res.counts.received}/${res.expected}`);
+        runs.push(res);
+      }
+      const res = medianRound(runs);
       rows.push({ system: 'Socket.IO 4 + redis-adapter, 1 node', key: 'sio', transport: 'ws', subs, rate, res });
     } finally {
       publish.close();
@@ -295,6 +323,21 @@ async function fanout() {
     }
   }
   return rows;
+}
+
+/** The loadgen's way of folding rounds: each figure the median, counts summed. */
+function medianRound(runs) {
+  const med = (f) => runs.map(f).sort((a, b) => a - b)[Math.floor(runs.length / 2)];
+  const sum = (f) => runs.reduce((a, r) => a + f(r), 0);
+  return {
+    published: sum((r) => r.published),
+    expected: sum((r) => r.expected),
+    lost: sum((r) => r.lost),
+    counts: { received: sum((r) => r.counts.received), dups: sum((r) => r.counts.dups), gaps: sum((r) => r.counts.gaps), closes: runs.at(-1).counts.closes, reordered: 0 },
+    deliveries_per_s: med((r) => r.deliveries_per_s),
+    latency: { p50_ms: med((r) => r.latency.p50_ms), p99_ms: med((r) => r.latency.p99_ms), p999_ms: med((r) => r.latency.p999_ms), max_ms: med((r) => r.latency.max_ms) },
+    cpu_us_per_delivery: med((r) => r.cpu_us_per_delivery),
+  };
 }
 
 // ----------------------------------------------------------------------------------- long-polling via nginx --
@@ -311,7 +354,7 @@ async function longpoll() {
     [out.waiting] = await loadgen(['poll', '--mode', 'waiting', '--concurrency', '64', '--duration', String(C.pollSeconds), ...hosts]);
     for (const t of TRANSPORTS) {
       log(`long-polling: live fan-out through nginx, ${TNAME[t]}, ${C.liveSubs} subscribers at 10/s`);
-      const [res] = await loadgen(['fanout', '--transport', t, '--subs', String(C.liveSubs), '--rate', '10', '--duration', String(C.pollSeconds), ...hosts]);
+      const [res] = await loadgen(['fanout', '--transport', t, '--subs', String(C.liveSubs), '--rate', '10', '--duration', String(C.fanoutSeconds), '--rounds', String(C.rounds), ...hosts]);
       if (res) out.live.push({ transport: t, res });
     }
   } finally {
@@ -352,6 +395,15 @@ async function publishApi() {
         await env.stop();
       }
     }
+  }
+  log(`publish API: raw axum, ${C.publishSubs} WebSocket subscribers, single (the fan-out ceiling at max rate)`);
+  const ax = await rawAxum();
+  try {
+    const [res] = await loadgen(['publish', '--flavor', 'axum', '--hosts', ax.url, '--batch', '1', '--concurrency', '32', '--duration', String(C.publishSeconds),
+      '--subs', String(C.publishSubs), '--pids', String(ax.pid)]);
+    if (res) rows.push({ name: `raw axum broadcast: ${C.publishSubs.toLocaleString('en-US')} WebSocket subscribers`, subs: C.publishSubs, channels: 1, batch: 1, axum: true, res });
+  } finally {
+    await ax.stop();
   }
   return rows;
 }
@@ -420,7 +472,7 @@ function idleSection(rows, charts) {
     title: 'Server memory (RSS) vs idle connections',
     xLabel: 'connections',
     yLabel: 'RSS growth, MiB',
-    series: rows.map((r) => ({ name: `${r.system} ${TNAME[r.transport]}`, points: r.steps.map((s) => [s.conns, (s.rss - s.base) / 1024]) })),
+    series: rows.map((r) => ({ name: `${r.system} ${TNAME[r.transport]}`, points: r.steps.map((s) => [s.conns, (s.rss - s.base) / 1024]), color: COLOR[`${r.key}-${r.transport}`] })),
   });
   out.push('', '![memory vs connections](benchmarks/{{memory}})');
   return out.join('\n');
@@ -428,7 +480,7 @@ function idleSection(rows, charts) {
 
 function fanoutSection(rows, charts) {
   const out = ['## 2. Fan-out: one channel, fixed publish rate', ''];
-  out.push(`A publisher POSTs to the backend publish API at a fixed rate for ${C.fanoutSeconds} s (${C.fanout.map((f) => `${fmt(f.subs)} subscribers at ${f.rate}/s`).join(', ')}: ${fmt(C.fanout[0].subs * C.fanout[0].rate)} deliveries/s at both sizes); every subscriber checks every message (sequence) and its latency (receive time minus the \`ts\` the publisher wrote). Server CPU = the gateway (and Redis, for stickless and Socket.IO) from /proc, per delivered message. stickless: 1 node on Redis, auth on. Socket.IO: 1 node on @socket.io/redis-adapter (Node clients). Raw axum: one broadcast, no Redis.`);
+  out.push(`A publisher POSTs to the backend publish API at a fixed rate, ${C.rounds} round${C.rounds > 1 ? 's' : ''} of ${C.fanoutSeconds} s on the same connections, each figure the median of the rounds (${C.fanout.map((f) => `${fmt(f.subs)} subscribers at ${f.rate}/s`).join(', ')}: ${fmt(C.fanout[0].subs * C.fanout[0].rate)} deliveries/s at both sizes); every subscriber checks every message (sequence) and its latency (receive time minus the \`ts\` the publisher wrote). Server CPU = the gateway (and Redis, for stickless and Socket.IO) from /proc, per delivered message. stickless: 1 node on Redis, auth on. Socket.IO: 1 node on @socket.io/redis-adapter (Node clients). Raw axum: one broadcast, no Redis.`);
   out.push('');
   out.push('| system | transport | subscribers | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | delivered | server CPU us/delivery | polls/delivery |');
   out.push('|---|---|---|---|---|---|---|---|---|---|---|');
@@ -449,14 +501,15 @@ function fanoutSection(rows, charts) {
   for (const key of ['stickless', 'axum', 'sio']) {
     for (const t of TRANSPORTS) {
       const pts = rows.filter((r) => r.key === key && r.transport === t).map((r) => [r.subs, r.res.latency.p99_ms]);
-      if (pts.length) series.push({ name: `${rows.find((r) => r.key === key).system.split(',')[0]} ${TNAME[t]} p99`, points: pts });
+      if (pts.length) series.push({ name: `${SHORT[key]} ${TNAME[t]}`, points: pts, color: COLOR[`${key}-${t}`] });
     }
   }
   charts.latency = lineChart({ title: `p99 publish-to-deliver latency vs subscribers (${fmt(C.fanout[0].subs * C.fanout[0].rate)} deliveries/s)`, xLabel: 'subscribers on one channel (log scale)', yLabel: 'p99 latency, ms', series, logX: true });
+  const k = (n) => (n >= 1000 ? `${n / 1000}k` : String(n));
   charts.cpu = barChart({
-    title: `Server CPU per delivery by transport (${fmt(C.fanout.at(-1).subs)} subscribers)`,
+    title: 'Server CPU per delivery, by transport and subscribers',
     yLabel: 'CPU microseconds per delivered message',
-    items: rows.filter((r) => r.subs === C.fanout.at(-1).subs).map((r) => ({ name: `${r.system.split(',')[0].replace(' broadcast', '')} ${TNAME[r.transport]}`, value: r.res.cpu_us_per_delivery })),
+    items: rows.map((r) => ({ name: `${SHORT[r.key]} ${TNAME[r.transport]} ${k(r.subs)}`, value: r.res.cpu_us_per_delivery, color: COLOR[`${r.key}-${r.transport}`] })),
   });
   out.push('', '![latency vs subscribers](benchmarks/{{latency}})', '', '![CPU per delivery by transport](benchmarks/{{cpu}})');
   return out.join('\n');
@@ -474,13 +527,13 @@ function longpollSection(lp) {
   row('hello world (raw axum)', lp.helloProbe);
   row('hello world (raw axum)', lp.hello);
   if (lp.waiting && lp.hello) out.push('', `Ratios, poll / hello world (64 loops): throughput ${ratio(lp.waiting.requests_per_s, lp.hello.requests_per_s)}, CPU per request ${ratio(lp.waiting.cpu_us_per_request, lp.hello.cpu_us_per_request)}.`);
-  if (lp.probe?.redis) out.push('', `Redis commands of one poll with data waiting: ${Object.entries(lp.probe.redis.by_command).map(([k, v]) => `${k} ${fmt(v / Math.max(1, lp.probe.requests - lp.probe.failed), 2)}`).join(', ')}.`);
-  out.push('', `**Live fan-out through the same nginx**: ${fmt(C.liveSubs)} subscribers per transport spread over the 3 nodes by nginx, 10 publishes/s to the nodes directly, ${C.pollSeconds} s. Redis per delivery counts every command in the window (publishes included).`, '');
+  if (lp.probe?.redis) out.push('', `Redis commands of one poll with data waiting: ${Object.entries(lp.probe.redis.by_command).filter(([, v]) => v / Math.max(1, lp.probe.requests) >= 0.005).map(([k, v]) => `${k} ${fmt(v / Math.max(1, lp.probe.requests - lp.probe.failed), 2)}`).join(', ')}.`);
+  out.push('', `**Live fan-out through the same nginx**: ${fmt(C.liveSubs)} subscribers per transport spread over the 3 nodes by nginx, 10 publishes/s to the nodes directly, ${C.rounds} round${C.rounds > 1 ? 's' : ''} of ${C.fanoutSeconds} s (medians). Redis per delivery counts every command in the windows (publishes included).`, '');
   out.push('| transport | deliveries/s | p50 ms | p99 ms | p99.9 ms | delivered | server CPU us/delivery | polls/s | frames per poll | Redis commands/delivery | Redis round trips/delivery |');
   out.push('|---|---|---|---|---|---|---|---|---|---|---|');
   for (const { transport, res: x } of lp.live) {
     const d = Math.max(1, x.counts.received);
-    out.push(`| ${TNAME[transport]} | ${fmt(x.deliveries_per_s)} | ${fmt(x.latency.p50_ms, 2)} | ${fmt(x.latency.p99_ms, 2)} | ${fmt(x.latency.p999_ms, 2)} | ${delivered(x)} | ${fmt(x.cpu_us_per_delivery, 1)} | ${x.polls ? fmt(x.polls / C.pollSeconds) : '-'} | ${x.polls ? fmt(x.frames_per_poll, 2) : '-'} | ${x.redis ? fmt(x.redis.commands / d, 2) : '-'} | ${x.redis ? fmt(x.redis.reads / d, 2) : '-'} |`);
+    out.push(`| ${TNAME[transport]} | ${fmt(x.deliveries_per_s)} | ${fmt(x.latency.p50_ms, 2)} | ${fmt(x.latency.p99_ms, 2)} | ${fmt(x.latency.p999_ms, 2)} | ${delivered(x)} | ${fmt(x.cpu_us_per_delivery, 1)} | ${x.polls ? fmt(x.polls / (C.fanoutSeconds * C.rounds)) : '-'} | ${x.polls ? fmt(x.frames_per_poll, 2) : '-'} | ${x.redis ? fmt(x.redis.commands / d, 2) : '-'} | ${x.redis ? fmt(x.redis.reads / d, 2) : '-'} |`);
   }
   const lv = (t) => lp.live.find((l) => l.transport === t)?.res;
   if (lv('poll') && lv('ws')) out.push('', `Long-polling / WebSocket through nginx: CPU per delivery ${ratio(lv('poll').cpu_us_per_delivery, lv('ws').cpu_us_per_delivery)}, p99 ${ratio(lv('poll').latency.p99_ms, lv('ws').latency.p99_ms)}.`);
@@ -491,13 +544,16 @@ function publishSection(rows) {
   const out = ['## 4. Publish API', ''];
   out.push(`\`POST /v1/publish\` on 1 node on Redis as fast as the requests in flight allow, ${C.publishSeconds} s per row: one message per request (32 in flight) or batches of 100 (\`{"messages":[...]}\`, 4 in flight). Subscribers check every message of their channel. CPU = gateway + Redis per message; Redis round trips = reads Redis processed per request.`);
   out.push('');
-  out.push('| subscribers | per request | messages/s | requests/s | request p50 ms | request p99 ms | delivered | delivery p99 ms | server CPU us/message | Redis commands/message | Redis round trips/request |');
-  out.push('|---|---|---|---|---|---|---|---|---|---|---|');
+  out.push('| subscribers | per request | messages/s | requests/s | request p50 ms | request p99 ms | delivered | delivery p99 ms | server CPU us/message | Redis commands/message | Redis round trips/request | load generator cores |');
+  out.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
     const x = r.res;
-    out.push(`| ${r.name} | ${r.batch === 1 ? '1' : `batch of ${r.batch}`} | ${fmt(x.messages_per_s)} | ${fmt(x.requests_per_s)} | ${fmt(x.request_latency.p50_ms, 2)} | ${fmt(x.request_latency.p99_ms, 2)} | ${r.subs ? delivered(x) : '-'}${x.failed ? ` (${fmt(x.failed)} failed publishes)` : ''} | ${r.subs ? fmt(x.delivery_latency.p99_ms, 1) : '-'} | ${fmt(x.cpu_us_per_message, 1)} | ${x.redis_commands_per_message != null ? fmt(x.redis_commands_per_message, 2) : '-'} | ${x.redis_reads_per_request != null ? fmt(x.redis_reads_per_request, 2) : '-'} |`);
+    out.push(`| ${r.name} | ${r.batch === 1 ? '1' : `batch of ${r.batch}`} | ${fmt(x.messages_per_s)} | ${fmt(x.requests_per_s)} | ${fmt(x.request_latency.p50_ms, 2)} | ${fmt(x.request_latency.p99_ms, 2)} | ${r.subs ? delivered(x) : '-'}${x.failed ? ` (${fmt(x.failed)} failed publishes)` : ''} | ${r.subs ? fmt(x.delivery_latency.p99_ms, 1) : '-'} | ${fmt(x.cpu_us_per_message, 1)} | ${x.redis_commands_per_message != null ? fmt(x.redis_commands_per_message, 2) : '-'} | ${x.redis_reads_per_request != null ? fmt(x.redis_reads_per_request, 2) : '-'} | ${fmt(x.cpu.loadgen_cpu_s / x.cpu.seconds, 2)} |`);
   }
-  const g = (subs, batch) => rows.find((r) => r.subs === subs && r.batch === batch)?.res;
+  const sl = rows.find((r) => !r.axum && r.subs === C.publishSubs && r.channels === 1 && r.batch === 1)?.res;
+  const ax = rows.find((r) => r.axum)?.res;
+  if (sl && ax) out.push('', `Max-rate fan-out to ${fmt(C.publishSubs)} subscribers, stickless / raw axum: ${ratio(sl.messages_per_s, ax.messages_per_s)} messages/s, ${ratio(sl.cpu_us_per_message, ax.cpu_us_per_message)} server CPU per message (stickless includes Redis; the load generator shares the cores and parses every delivery).`);
+  const g = (subs, batch) => rows.find((r) => !r.axum && r.subs === subs && r.batch === batch)?.res;
   if (g(0, 100) && g(0, 1)) out.push('', `Batch / single, no subscribers: ${ratio(g(0, 100).messages_per_s, g(0, 1).messages_per_s)} messages/s.`);
   return out.join('\n');
 }
@@ -507,9 +563,9 @@ function stormSection(s) {
   if (!s) return out.concat(['The storm produced no result (see the log).']).join('\n');
   out.push(`3 nodes on one Redis. ${fmt(s.subs)} WebSocket clients attached to n1 (with tokens, subscribed to \`bench\`); a publisher sends 20 messages/s through n2 and n3 throughout. After 3 s n1 is SIGKILLed: every client reconnects with its session and position to n2 or n3 (by turns), after a full-jitter backoff (250 ms doubling to 5 s, as web/client does), and must receive every message exactly once.`);
   out.push('');
-  out.push('| clients | resumed | all resumed after | resume p50 / p99 ms | attempts (failed) | new sessions | published | delivered | survivors\' peak cores | survivors\' CPU s during the storm |');
-  out.push('|---|---|---|---|---|---|---|---|---|---|');
-  out.push(`| ${fmt(s.subs)} | ${fmt(s.resumed)} | ${s.all_resumed_s != null ? `**${fmt(s.all_resumed_s, 2)} s**` : 'not all'} | ${fmt(s.resume_latency.p50_ms, 0)} / ${fmt(s.resume_latency.p99_ms, 0)} | ${fmt(s.attempts)} (${fmt(s.failed_attempts)}) | ${fmt(s.new_sessions)} | ${fmt(s.published)} | ${delivered(s)} | ${fmt(s.survivors_peak_cores, 2)} | ${fmt(s.survivors_cpu.server_cpu_s, 2)} |`);
+  out.push('| clients | resumed | all resumed after | resume p50 / p99 ms | attempts (failed) | new sessions | published | delivered | survivors\' peak cores | survivors\' CPU s during the storm | survivors\' CPU ms per resume | load generator CPU s |');
+  out.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
+  out.push(`| ${fmt(s.subs)} | ${fmt(s.resumed)} | ${s.all_resumed_s != null ? `**${fmt(s.all_resumed_s, 2)} s**` : 'not all'} | ${fmt(s.resume_latency.p50_ms, 0)} / ${fmt(s.resume_latency.p99_ms, 0)} | ${fmt(s.attempts)} (${fmt(s.failed_attempts)}) | ${fmt(s.new_sessions)} | ${fmt(s.published)} | ${delivered(s)} | ${fmt(s.survivors_peak_cores, 2)} | ${fmt(s.survivors_cpu.server_cpu_s, 2)} | ${fmt((s.survivors_cpu.server_cpu_s * 1000) / Math.max(1, s.resumed), 2)} | ${fmt(s.survivors_cpu.loadgen_cpu_s, 2)} |`);
   return out.join('\n');
 }
 
@@ -528,13 +584,14 @@ async function main() {
   const run = async (name, fn, section) => {
     if (!ONLY.includes(name)) return;
     const t = now();
+    const cpu0 = cpuSnapshot();
     try {
       sections.push(section(await fn(), charts));
     } catch (err) {
       log(`${name} failed: ${err.stack || err}`);
       sections.push(`## ${name}\n\nThis section failed: ${String(err.message || err).split('\n')[0]}`);
     }
-    timing.push(`${name} ${((now() - t) / 1000).toFixed(0)} s`);
+    timing.push(`${name} ${((now() - t) / 1000).toFixed(0)} s, other processes ${otherCores(cpu0, cpuSnapshot()).toFixed(2)} cores`);
     log(`${name} done in ${((now() - t) / 1000).toFixed(0)} s`);
   };
   await run('idle', idle, idleSection);
@@ -550,7 +607,7 @@ async function main() {
     `Measured ${started.toISOString().replace('T', ' ').slice(0, 16)} UTC with \`${QUICK ? 'BENCH_QUICK=1 ' : ''}bash bench/run.sh\` (written by it; bench/README.md says what each column measures). One run, not a median: numbers on a shared 2-core machine vary by tens of percent between runs; read the ratios. Every process (servers, Redis, nginx, the load generator) shares the same cores.`,
     '',
     head,
-    `- measuring took ${fmt(total / 60, 1)} min (${timing.join(', ')})`,
+    `- measuring took ${fmt(total / 60, 1)} min; per section, the time and the cores used by processes that are not the bench's (other work on a shared machine; 0 when quiet): ${timing.join('; ')}`,
     '',
     ...sections.flatMap((s) => [s, '']),
   ].join('\n');

@@ -36,11 +36,11 @@ function yAxis(max) {
   return out;
 }
 
-function legend(names) {
-  return names.map((n, i) => `<rect x="${W - M.r + 14}" y="${M.t + i * 20}" width="12" height="12" fill="${COLORS[i % COLORS.length]}"/><text x="${W - M.r + 32}" y="${M.t + i * 20 + 10}">${esc(n)}</text>`).join('');
+function legend(series) {
+  return series.map((s, i) => `<rect x="${W - M.r + 14}" y="${M.t + i * 20}" width="12" height="12" fill="${s.color || COLORS[i % COLORS.length]}"/><text x="${W - M.r + 32}" y="${M.t + i * 20 + 10}">${esc(s.name)}</text>`).join('');
 }
 
-/** Lines: series = [{name, points: [[x, y], ...]}]; x on a log scale when `logX`. */
+/** Lines: series = [{name, points: [[x, y], ...], color?}]; x on a log scale when `logX`. */
 export function lineChart({ title, xLabel, yLabel, series, logX = false }) {
   const xs = series.flatMap((s) => s.points.map((p) => p[0]));
   const ymax = niceMax(Math.max(...series.flatMap((s) => s.points.map((p) => p[1])).filter(Number.isFinite), 0));
@@ -56,18 +56,19 @@ export function lineChart({ title, xLabel, yLabel, series, logX = false }) {
   body += `<line x1="${M.l}" x2="${W - M.r}" y1="${M.t + ih}" y2="${M.t + ih}" stroke="#333"/>`;
   series.forEach((s, i) => {
     const pts = s.points.filter((p) => Number.isFinite(p[1]));
-    const c = COLORS[i % COLORS.length];
+    const c = s.color || COLORS[i % COLORS.length];
     body += `<polyline fill="none" stroke="${c}" stroke-width="2" points="${pts.map((p) => `${fx(p[0])},${fy(p[1])}`).join(' ')}"/>`;
     body += pts.map((p) => `<circle cx="${fx(p[0])}" cy="${fy(p[1])}" r="3.5" fill="${c}"/>`).join('');
   });
-  return frame(title, xLabel, yLabel, body + legend(series.map((s) => s.name)));
+  return frame(title, xLabel, yLabel, body + legend(series));
 }
 
 /** Bars: one bar per item ({name, value}), labelled with its value. */
 export function barChart({ title, yLabel, items }) {
   const ymax = niceMax(Math.max(...items.map((b) => b.value).filter(Number.isFinite), 0));
-  const iw = W - M.l - 20;
-  const ih = H - M.t - M.b - 40;
+  const L = M.l + 30; // room for the first rotated label
+  const iw = W - L - 20;
+  const ih = H - M.t - M.b - 45;
   const bw = iw / items.length;
   let body = '';
   for (let i = 0; i <= 5; i++) {
@@ -76,10 +77,10 @@ export function barChart({ title, yLabel, items }) {
   }
   items.forEach((b, i) => {
     const h = Number.isFinite(b.value) ? (b.value / ymax) * ih : 0;
-    const x = M.l + i * bw + bw * 0.15;
+    const x = L + i * bw + bw * 0.15;
     body += `<rect x="${x}" y="${M.t + ih - h}" width="${bw * 0.7}" height="${h}" fill="${b.color || COLORS[i % COLORS.length]}"/>`;
     body += `<text x="${x + bw * 0.35}" y="${M.t + ih - h - 4}" text-anchor="middle" font-size="11">${Number.isFinite(b.value) ? +b.value.toPrecision(3) : 'n/a'}</text>`;
-    body += `<text transform="translate(${x + bw * 0.35} ${M.t + ih + 12}) rotate(25)" font-size="10.5">${esc(b.name)}</text>`;
+    body += `<text transform="translate(${x + bw * 0.35} ${M.t + ih + 12}) rotate(-35)" text-anchor="end" font-size="10">${esc(b.name)}</text>`;
   });
   body += `<line x1="${M.l}" x2="${W - 20}" y1="${M.t + ih}" y2="${M.t + ih}" stroke="#333"/>`;
   return frame(title, '', yLabel, body);

@@ -18,8 +18,8 @@ pub struct Shared {
     /// Distinct (subscriber, seq) deliveries of this round.
     pub received: AtomicU64,
     pub dups: AtomicU64,
-    /// Messages whose offset is below one the subscriber already had (same epoch); raw axum's frames have no
-    /// offset, so there it is a `seq` below one already seen (concurrent publishes may legitimately do that).
+    /// Messages whose offset is below one the subscriber already had (same epoch). Raw axum's frames have no
+    /// offset, so they are not checked for order (`seq` order is not publish order: publishes run concurrently).
     pub reordered: AtomicU64,
     /// Offsets that did not follow the previous one (same epoch) - what a lost message looks like on the wire.
     pub offset_skips: AtomicU64,
@@ -151,7 +151,6 @@ pub struct Counts {
 pub struct Tracker {
     round: u64,
     seen: Vec<u64>,
-    max_seq: Option<u64>,
     /// (epoch, offset) of the last message: the cursor a resume sends back.
     pub cursor: Option<(String, u64)>,
 }
@@ -159,9 +158,7 @@ pub struct Tracker {
 impl Tracker {
     /// Records one delivered message (`epoch`/`offset` as the frame gave them; raw axum gives none).
     pub fn message(&mut self, shared: &Shared, epoch: Option<&str>, offset: Option<u64>, data: Option<Payload>) {
-        let mut has_offset = false;
         if let (Some(epoch), Some(offset)) = (epoch, offset) {
-            has_offset = true;
             match &mut self.cursor {
                 Some((e, o)) if e == epoch => {
                     if offset > *o + 1 {
@@ -186,7 +183,6 @@ impl Tracker {
         if p.r != self.round {
             self.round = p.r;
             self.seen.clear();
-            self.max_seq = None;
         }
         let (word, bit) = ((p.seq / 64) as usize, 1u64 << (p.seq % 64));
         if self.seen.len() <= word {
@@ -197,10 +193,6 @@ impl Tracker {
             return;
         }
         self.seen[word] |= bit;
-        if !has_offset && self.max_seq.is_some_and(|m| p.seq < m) {
-            shared.reordered.fetch_add(1, Relaxed);
-        }
-        self.max_seq = Some(self.max_seq.map_or(p.seq, |m| m.max(p.seq)));
         shared.received.fetch_add(1, Relaxed);
         shared.last_delivery_us.fetch_max(now, Relaxed);
         let _ = shared.hist.lock().unwrap_or_else(|e| e.into_inner()).record(now.saturating_sub(p.ts).max(1));

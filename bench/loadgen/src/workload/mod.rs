@@ -129,6 +129,37 @@ pub async fn open(
     (tasks, started.elapsed())
 }
 
+/// Subscribers opened on channel `bench` and warmed up.
+pub struct Attached {
+    pub tasks: Vec<JoinHandle<()>>,
+    /// How many got their welcome.
+    pub count: u64,
+    pub took: Duration,
+    /// Whether the warm-up round reached every attached subscriber.
+    pub warm: bool,
+}
+
+/// Opens `count` subscribers on channel `bench`, logs how many attached, and runs a warm-up round of `warm`
+/// publishes that each must receive.
+pub async fn attach_and_warm(
+    c: &Common,
+    spec: &Arc<Spec>,
+    shared: &Arc<Shared>,
+    reconnects: Option<&Arc<Reconnects>>,
+    count: usize,
+    warm: u64,
+) -> Attached {
+    let minter = c.minter();
+    let bench = |_| "bench".to_owned();
+    let timeout = Duration::from_secs(180);
+    let (tasks, took) =
+        open(spec, shared, reconnects, minter.as_ref(), 0..count, bench, c.open_concurrency, timeout).await;
+    let attached = shared.welcomed.load(Relaxed);
+    log(format!("{:?}: {attached} of {count} attached in {:.1} s", c.transport, took.as_secs_f64()));
+    let warm = warm_up(c, shared, attached, "bench", warm).await;
+    Attached { tasks, count: attached, took, warm }
+}
+
 /// Waits until `shared.received` reaches `expected`, or stops growing for `stall`, or `cap` has passed.
 pub async fn settle(shared: &Shared, expected: u64, stall: Duration, cap: Duration) {
     let started = Instant::now();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{log, open, settle, warm_up, Common};
+use super::{attach_and_warm, log, settle, Attached, Common};
 use crate::client::{Reconnects, Spec};
 use crate::procstat::{cpu_seconds, ticks_per_second, CpuWindow};
 use crate::record::Shared;
@@ -48,21 +48,7 @@ pub async fn run(args: Args) {
     });
     let shared = Arc::new(Shared::new());
     let rc = Arc::new(Reconnects::new());
-    let minter = c.minter();
-    let (tasks, took) = open(
-        &spec,
-        &shared,
-        Some(&rc),
-        minter.as_ref(),
-        0..args.subs,
-        |_| "bench".to_owned(),
-        c.open_concurrency,
-        Duration::from_secs(180),
-    )
-    .await;
-    let subs = shared.welcomed.load(Relaxed);
-    log(format!("storm: {subs} of {} attached in {:.1} s", args.subs, took.as_secs_f64()));
-    let warm = warm_up(c, &shared, subs, "bench", 3).await;
+    let Attached { tasks, count: subs, took, warm } = attach_and_warm(c, &spec, &shared, Some(&rc), args.subs, 3).await;
 
     shared.begin_round(1);
     let stop = Arc::new(AtomicBool::new(false));
