@@ -6,6 +6,8 @@
 //   ulimit -n 20000   # the hard limit here: one descriptor per connection on each side
 //   node scripts/idle-memory.mjs --transport ws --counts 5000,10000 [--bin target/release/stickless]
 //   node scripts/idle-memory.mjs --transport sse --counts 5000,10000 [--env MALLOC_ARENA_MAX=2] [-- <gateway args>]
+//   node scripts/idle-memory.mjs --transport ws --counts 5000 --publish-bytes 16384   # then one message each
+//   node scripts/idle-memory.mjs --transport ws --counts 5000 --wrap heaptrack        # heap by allocation site
 //
 // Counts are cumulative: `5000,10000` opens 5,000, measures, opens 5,000 more and measures again. Each line is
 // the delta from the baseline (taken after 100 connections were opened and closed, to warm code paths and the
@@ -148,6 +150,20 @@ for (const target of counts) {
     `${transport} ${target}: RSS ${now.rss} KiB, ${per(now.rss, base.rss)} KiB per connection; ` +
       `kernel slab ${per(now.slab, base.slab)} KiB and TCP buffers ${per(now.tcp, base.tcp)} KiB per pair ` +
       `(machine-wide); opened in ${opened} ms`,
+  );
+}
+// `--publish-bytes N`: then one message of N bytes of data to the channel, delivered to every connection, and
+// the memory the idle connections keep after it.
+const publishBytes = Number(opt('--publish-bytes', '0'));
+if (publishBytes > 0) {
+  const body = JSON.stringify({ channel, data: 'x'.repeat(publishBytes) });
+  const res = await fetch(`http://127.0.0.1:${port}/v1/publish`, { method: 'POST', body });
+  if (res.status !== 200) throw new Error(`publish: ${res.status} ${await res.text()}`);
+  await sleep(settleMs);
+  const after = rssKiB(pid);
+  console.log(
+    `${transport} ${conns.length} after one ${publishBytes}-byte message each: RSS ${after} KiB, ` +
+      `${((after - base.rss) / conns.length).toFixed(2)} KiB per connection`,
   );
 }
 if (process.env.IDLE_HOLD_MS) await sleep(Number(process.env.IDLE_HOLD_MS));
