@@ -97,7 +97,11 @@ async fn read_head(conn: &mut Conn) -> io::Result<Option<Request<()>>> {
         }
         if let Some(end) = end_of_head(&head) {
             let parsed = parse(&head[..end]);
-            conn.ahead = Some(head);
+            // Served here, the head is done with (and nothing may follow it on an event stream); else hyper reads
+            // it again.
+            if parsed.is_none() {
+                conn.ahead = Some(head);
+            }
             return Ok(parsed);
         }
     }
