@@ -64,6 +64,11 @@ fn until_expiry(record: &SessionRecord) -> Option<Duration> {
     record.grant.as_ref().map(|g| Duration::from_millis(g.exp.saturating_mul(1000).saturating_sub(now_ms())))
 }
 
+/// When `record`'s grant expires on this runtime's clock; `None` for an anonymous session.
+fn expiry_at(record: &SessionRecord) -> Option<Instant> {
+    until_expiry(record).map(|left| Instant::now() + left)
+}
+
 /// The cursor each subscription resumes from: the client's position where it names the channel, else the
 /// cursor the subscription started at.
 pub fn start_position(record: &SessionRecord, position: &Position) -> Position {
@@ -105,6 +110,14 @@ pub fn open<S: ChannelLog + Sessions>(
         let touch_every = source.session_ttl / 3;
         let mut next_touch = Instant::now() + touch_every;
         let mut failing = false;
+        // One timer for the three deadlines an idle feed waits on (refreshing the session, the token's `exp`,
+        // re-reading what is unconfirmed): every timer is 112 bytes more in every idle connection. It lives across
+        // deliveries and is reset only when the next deadline moves: a timer made and dropped per message would
+        // take the runtime's timer lock twice for every delivery on every connection.
+        let mut expiry = expiry_at(&record);
+        let mut retry: Option<Instant> = None;
+        let timer = tokio::time::sleep_until(next_touch);
+        tokio::pin!(timer);
         // Why the feed ends, told once after the loop (each `yield` is a future with the frame in it, in the feed's
         // state).
         let ended = loop {
@@ -113,6 +126,7 @@ pub fn open<S: ChannelLog + Sessions>(
                     Ok(Some(latest)) => {
                         reload = false;
                         record = latest;
+                        expiry = expiry_at(&record);
                     }
                     Ok(None) => {
                         break ErrorCode::SessionUnknown;
@@ -166,11 +180,12 @@ pub fn open<S: ChannelLog + Sessions>(
                     }
                 }
             }
-            // One timer for the three deadlines an idle feed waits on (refreshing the session, the token's `exp`,
-            // re-reading what is unconfirmed): every timer is 112 bytes more in every idle connection.
-            let expiry = until_expiry(&record).map(|left| Instant::now() + left);
-            let retry = (failing || reload || !control.is_ready() || unconfirmed(&live)).then(|| Instant::now() + RETRY);
+            let retrying = failing || reload || !control.is_ready() || unconfirmed(&live);
+            retry = retrying.then(|| retry.unwrap_or_else(|| Instant::now() + RETRY));
             let wake = [expiry, retry].into_iter().flatten().fold(next_touch, Instant::min);
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 Some((_, event)) = live.next() => match event {
                     Live::Message(message) => {
@@ -187,8 +202,9 @@ pub fn open<S: ChannelLog + Sessions>(
                     }
                     reload = true;
                 },
-                _ = tokio::time::sleep_until(wake) => {
+                _ = &mut timer => {
                     let now = Instant::now();
+                    retry = None;
                     if now >= next_touch {
                         next_touch = now + touch_every;
                         // A store error here is told by the next failing read; only a gone session ends the feed.
@@ -198,14 +214,21 @@ pub fn open<S: ChannelLog + Sessions>(
                     } else if expiry.is_some_and(|at| now >= at) {
                         // The token's `exp`: unless a refresh arrived (on any node), the session stops receiving.
                         match Box::pin(source.store.load_session(&id)).await {
-                            Ok(Some(latest)) if until_expiry(&latest).is_some_and(|left| !left.is_zero()) => record = latest,
+                            Ok(Some(latest)) if until_expiry(&latest).is_some_and(|left| !left.is_zero()) => {
+                                record = latest;
+                                expiry = expiry_at(&record);
+                            }
                             Ok(Some(_)) => {
                                 break ErrorCode::TokenExpired;
                             }
                             Ok(None) => {
                                 break ErrorCode::SessionUnknown;
                             }
-                            Err(_) => reload = true,
+                            // Asked again on the retry timer, not at once: the store is failing.
+                            Err(_) => {
+                                reload = true;
+                                expiry = Some(now + RETRY);
+                            }
                         }
                     } else {
                         // Until the store confirms a live subscription, history is re-read on this timer instead.
