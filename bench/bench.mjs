@@ -569,6 +569,41 @@ function stormSection(s) {
   return out.join('\n');
 }
 
+/** Issue 11's targets against this run's figures: met or missed, with the measured value. */
+function targetsSection(R) {
+  const out = ['## Issue 11 targets, as measured in this run', '', '| target | measured | |', '|---|---|---|'];
+  const row = (target, value, met, shown) => out.push(`| ${target} | ${Number.isFinite(value) ? shown : 'not measured'} | ${Number.isFinite(value) ? (met ? 'met' : '**missed**') : ''} |`);
+  const lv = (t) => R.longpoll?.live.find((l) => l.transport === t)?.res;
+  const cpuRatio = lv('poll') && lv('ws') ? lv('poll').cpu_us_per_delivery / lv('ws').cpu_us_per_delivery : NaN;
+  row('long-polling CPU per delivery within 3x of WebSocket (3 nodes behind nginx)', cpuRatio, cpuRatio <= 3, `${fmt(cpuRatio, 2)}x (${fmt(lv('poll')?.cpu_us_per_delivery, 1)} vs ${fmt(lv('ws')?.cpu_us_per_delivery, 1)} us)`);
+  const p99Ratio = lv('poll') && lv('ws') ? lv('poll').latency.p99_ms / lv('ws').latency.p99_ms : NaN;
+  row('long-polling p99 within 2x of WebSocket (same)', p99Ratio, p99Ratio <= 2, `${fmt(p99Ratio, 2)}x (${fmt(lv('poll')?.latency.p99_ms, 1)} vs ${fmt(lv('ws')?.latency.p99_ms, 1)} ms)`);
+  const rt = R.longpoll?.probe?.redis_reads_per_request ?? NaN;
+  row('a poll with data waiting in at most 2 Redis round trips', rt, rt <= 2.05, `${fmt(rt, 2)} round trips, ${fmt(R.longpoll?.probe?.redis_commands_per_request, 2)} commands`);
+  for (const t of ['ws', 'sse']) {
+    const st = R.idle?.find((r) => r.key === 'stickless' && r.transport === t)?.steps.at(-1);
+    const per = st ? (st.rss - st.base) / st.conns : NaN;
+    row(`at most 6 KiB gateway RSS per idle ${TNAME[t]}`, per, per <= 6, `${fmt(per, 1)} KiB at ${fmt(st?.conns)}`);
+  }
+  const fan = (key, t, subs) => R.fanout?.find((r) => r.key === key && r.transport === t && r.subs === subs)?.res;
+  for (const { subs } of C.fanout) {
+    const a = fan('stickless', 'ws', subs);
+    const b = fan('axum', 'ws', subs);
+    const cpu = a && b ? a.cpu_us_per_delivery / b.cpu_us_per_delivery : NaN;
+    row(`fan-out at ${fmt(subs)} subscribers: at most 1.1x raw axum's CPU per delivery (WebSocket)`, cpu, cpu <= 1.1, `${fmt(cpu, 2)}x`);
+  }
+  const pub = R.publish?.find((r) => !r.axum && r.subs === C.publishSubs && r.channels === 1 && r.batch === 1)?.res;
+  const ax = R.publish?.find((r) => r.axum)?.res;
+  const thr = pub && ax ? pub.messages_per_s / ax.messages_per_s : NaN;
+  row(`fan-out: at least 0.95x raw axum's throughput (max rate, ${fmt(C.publishSubs)} subscribers; the load generator shares the 2 cores)`, thr, thr >= 0.95, `${fmt(thr, 2)}x`);
+  const big = fan('stickless', 'ws', C.fanout.at(-1).subs);
+  row(`p99 publish-to-deliver under 50 ms at ${fmt(C.fanout.at(-1).subs)} subscribers and ${fmt(C.fanout.at(-1).subs * C.fanout.at(-1).rate)} deliveries/s (WebSocket)`, big?.latency.p99_ms ?? NaN, big?.latency.p99_ms < 50, `${fmt(big?.latency.p99_ms, 1)} ms`);
+  const st = R.storm;
+  row(`a ${fmt(C.storm)}-client reconnect storm resumed in under 10 s with nothing lost`, st ? 1 : NaN, st && st.all_resumed_s < 10 && st.lost === 0 && !st.counts.dups, st ? `${st.all_resumed_s != null ? `${fmt(st.all_resumed_s, 2)} s` : 'not all resumed'}, ${fmt(st.lost)} lost, ${fmt(st.counts.dups)} duplicated` : '');
+  out.push('', 'At a fixed rate every system delivers everything, so fan-out throughput is compared at max rate (section 4). Sizes were cut to this machine where noted in bench/README.md.');
+  return out.join('\n');
+}
+
 // --------------------------------------------------------------------------------------------------- main --
 async function main() {
   setTimeout(async () => {
@@ -581,12 +616,14 @@ async function main() {
   const sections = [];
   const charts = {};
   const timing = [];
+  const results = {};
   const run = async (name, fn, section) => {
     if (!ONLY.includes(name)) return;
     const t = now();
     const cpu0 = cpuSnapshot();
     try {
-      sections.push(section(await fn(), charts));
+      results[name] = await fn();
+      sections.push(section(results[name], charts));
     } catch (err) {
       log(`${name} failed: ${err.stack || err}`);
       sections.push(`## ${name}\n\nThis section failed: ${String(err.message || err).split('\n')[0]}`);
@@ -608,6 +645,8 @@ async function main() {
     '',
     head,
     `- measuring took ${fmt(total / 60, 1)} min; per section, the time and the cores used by processes that are not the bench's (other work on a shared machine; 0 when quiet): ${timing.join('; ')}`,
+    '',
+    targetsSection(results),
     '',
     ...sections.flatMap((s) => [s, '']),
   ].join('\n');
