@@ -410,16 +410,20 @@ async function publishApi() {
 
 // ------------------------------------------------------------------------------------------ reconnect storm --
 async function storm() {
-  const env = await stickless(3);
-  try {
-    const [n1, n2, n3] = env.nodes;
-    log(`storm: ${C.storm} WebSocket clients on n1; SIGKILL n1; they resume on n2/n3`);
-    const [res] = await loadgen(['storm', '--hosts', n1.url, '--resume-hosts', `${n2.url},${n3.url}`, '--publish-hosts', `${n2.url},${n3.url}`,
-      '--subs', String(C.storm), '--kill-pid', String(n1.pid), '--rate', '20', '--pids', [n2.pid, n3.pid, env.redis.pid].join(',')]);
-    return res;
-  } finally {
-    await env.stop();
+  const rows = [];
+  for (const t of TRANSPORTS) {
+    const env = await stickless(3);
+    try {
+      const [n1, n2, n3] = env.nodes;
+      log(`storm: ${C.storm} ${TNAME[t]} clients on n1; SIGKILL n1; they resume on n2/n3`);
+      const [res] = await loadgen(['storm', '--transport', t, '--hosts', n1.url, '--resume-hosts', `${n2.url},${n3.url}`, '--publish-hosts', `${n2.url},${n3.url}`,
+        '--subs', String(C.storm), '--kill-pid', String(n1.pid), '--rate', '20', '--pids', [n2.pid, n3.pid, env.redis.pid].join(',')]);
+      if (res) rows.push({ transport: t, res });
+    } finally {
+      await env.stop();
+    }
   }
+  return rows;
 }
 
 // ------------------------------------------------------------------------------------------------- report --
@@ -558,14 +562,14 @@ function publishSection(rows) {
   return out.join('\n');
 }
 
-function stormSection(s) {
+function stormSection(rows) {
   const out = ['## 5. Reconnect storm', ''];
-  if (!s) return out.concat(['The storm produced no result (see the log).']).join('\n');
-  out.push(`3 nodes on one Redis. ${fmt(s.subs)} WebSocket clients attached to n1 (with tokens, subscribed to \`bench\`); a publisher sends 20 messages/s through n2 and n3 throughout. After 3 s n1 is SIGKILLed: every client reconnects with its session and position to n2 or n3 (by turns), after a full-jitter backoff (250 ms doubling to 5 s, as web/client does), and must receive every message exactly once.`);
+  if (!rows.length) return out.concat(['The storm produced no result (see the log).']).join('\n');
+  out.push(`3 nodes on one Redis, per transport. ${fmt(C.storm)} clients attached to n1 (with tokens, subscribed to \`bench\`); a publisher sends 20 messages/s through n2 and n3 throughout. After 3 s n1 is SIGKILLed: every client reconnects with its session and position to n2 or n3 (by turns; a long-poll client sends its next poll there), after a full-jitter backoff (250 ms doubling to 5 s, as web/client does), and must receive every message exactly once.`);
   out.push('');
-  out.push('| clients | resumed | all resumed after | resume p50 / p99 ms | attempts (failed) | new sessions | published | delivered | survivors\' peak cores | survivors\' CPU s during the storm | survivors\' CPU ms per resume | load generator CPU s |');
-  out.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
-  out.push(`| ${fmt(s.subs)} | ${fmt(s.resumed)} | ${s.all_resumed_s != null ? `**${fmt(s.all_resumed_s, 2)} s**` : 'not all'} | ${fmt(s.resume_latency.p50_ms, 0)} / ${fmt(s.resume_latency.p99_ms, 0)} | ${fmt(s.attempts)} (${fmt(s.failed_attempts)}) | ${fmt(s.new_sessions)} | ${fmt(s.published)} | ${delivered(s)} | ${fmt(s.survivors_peak_cores, 2)} | ${fmt(s.survivors_cpu.server_cpu_s, 2)} | ${fmt((s.survivors_cpu.server_cpu_s * 1000) / Math.max(1, s.resumed), 2)} | ${fmt(s.survivors_cpu.loadgen_cpu_s, 2)} |`);
+  out.push('| transport | clients | resumed | all resumed after | resume p50 / p99 ms | attempts (failed) | new sessions | published | delivered | survivors\' peak cores | survivors\' CPU s during the storm | survivors\' CPU ms per resume | load generator CPU s |');
+  out.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const { transport, res: s } of rows) out.push(`| ${TNAME[transport]} | ${fmt(s.subs)} | ${fmt(s.resumed)} | ${s.all_resumed_s != null ? `**${fmt(s.all_resumed_s, 2)} s**` : 'not all'} | ${fmt(s.resume_latency.p50_ms, 0)} / ${fmt(s.resume_latency.p99_ms, 0)} | ${fmt(s.attempts)} (${fmt(s.failed_attempts)}) | ${fmt(s.new_sessions)} | ${fmt(s.published)} | ${delivered(s)} | ${fmt(s.survivors_peak_cores, 2)} | ${fmt(s.survivors_cpu.server_cpu_s, 2)} | ${fmt((s.survivors_cpu.server_cpu_s * 1000) / Math.max(1, s.resumed), 2)} | ${fmt(s.survivors_cpu.loadgen_cpu_s, 2)} |`);
   return out.join('\n');
 }
 
@@ -598,8 +602,8 @@ function targetsSection(R) {
   row(`fan-out: at least 0.95x raw axum's throughput (max rate, ${fmt(C.publishSubs)} subscribers; the load generator shares the 2 cores)`, thr, thr >= 0.95, `${fmt(thr, 2)}x`);
   const big = fan('stickless', 'ws', C.fanout.at(-1).subs);
   row(`p99 publish-to-deliver under 50 ms at ${fmt(C.fanout.at(-1).subs)} subscribers and ${fmt(C.fanout.at(-1).subs * C.fanout.at(-1).rate)} deliveries/s (WebSocket)`, big?.latency.p99_ms ?? NaN, big?.latency.p99_ms < 50, `${fmt(big?.latency.p99_ms, 1)} ms`);
-  const st = R.storm;
-  row(`a ${fmt(C.storm)}-client reconnect storm resumed in under 10 s with nothing lost`, st ? 1 : NaN, st && st.all_resumed_s < 10 && st.lost === 0 && !st.counts.dups, st ? `${st.all_resumed_s != null ? `${fmt(st.all_resumed_s, 2)} s` : 'not all resumed'}, ${fmt(st.lost)} lost, ${fmt(st.counts.dups)} duplicated` : '');
+  const st = R.storm?.find((r) => r.transport === 'ws')?.res;
+  row(`a ${fmt(C.storm)}-client reconnect storm (WebSocket) resumed in under 10 s with nothing lost`, st ? 1 : NaN, st && st.all_resumed_s < 10 && st.lost === 0 && !st.counts.dups, st ? `${st.all_resumed_s != null ? `${fmt(st.all_resumed_s, 2)} s` : 'not all resumed'}, ${fmt(st.lost)} lost, ${fmt(st.counts.dups)} duplicated` : '');
   out.push('', 'At a fixed rate every system delivers everything, so fan-out throughput is compared at max rate (section 4). Sizes were cut to this machine where noted in bench/README.md.');
   return out.join('\n');
 }
