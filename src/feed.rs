@@ -116,6 +116,7 @@ pub fn open<S: ChannelLog + Sessions>(
         // take the runtime's timer lock twice for every delivery on every connection.
         let mut expiry = expiry_at(&record);
         let mut retry: Option<Instant> = None;
+        let mut confirmed = false;
         let timer = tokio::time::sleep_until(next_touch);
         tokio::pin!(timer);
         // Why the feed ends, told once after the loop (each `yield` is a future with the frame in it, in the feed's
@@ -135,6 +136,7 @@ pub fn open<S: ChannelLog + Sessions>(
                     Err(_) => {}
                 }
                 Box::pin(sync(&source.hub, &mut state.tracker, &mut live, &record, &Position::default())).await;
+                confirmed = false;
             }
             // Catch up every channel whose live delivery cannot be trusted, from history.
             while let Some((name, after)) = state.tracker.next_dirty() {
@@ -180,7 +182,10 @@ pub fn open<S: ChannelLog + Sessions>(
                     }
                 }
             }
-            let retrying = failing || reload || !control.is_ready() || unconfirmed(&live);
+            // A topic once confirmed stays confirmed (after a store reconnect it is resubscribed and resynced), so
+            // the listeners are asked only until they all are, and again after a sync added some.
+            confirmed = confirmed || (control.is_ready() && !unconfirmed(&live));
+            let retrying = failing || reload || !confirmed;
             retry = retrying.then(|| retry.unwrap_or_else(|| Instant::now() + RETRY));
             let wake = [expiry, retry].into_iter().flatten().fold(next_touch, Instant::min);
             if timer.deadline() != wake {

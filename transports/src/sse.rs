@@ -63,6 +63,9 @@ pub(crate) async fn attach<P: Port>(
         yield Ok(Bytes::from_static(b"retry: 1000\n\n"));
         yield Ok(welcome);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        // Made once, not per event: each one made and dropped per turn takes the token's lock twice.
+        let (drained, shut) = (drain.cancelled(), shutdown.cancelled());
+        tokio::pin!(drained, shut);
         loop {
             tokio::select! {
                 item = feed.next() => match item {
@@ -76,14 +79,14 @@ pub(crate) async fn attach<P: Port>(
                     None => break,
                 },
                 _ = ticks.tick() => yield Ok(Bytes::from_static(b": hb\n\n")),
-                _ = drain.cancelled() => {
+                _ = &mut drained => {
                     // `retry:` makes a browser's own EventSource wait the drawn delay; the frame tells our client.
                     let (frame, after) = port.reconnect();
                     yield Ok(Bytes::from(format!("retry: {}\n\n", after.as_millis())));
                     yield Ok(event(None, &frame));
                     break;
                 }
-                _ = shutdown.cancelled() => break,
+                _ = &mut shut => break,
             }
         }
     };

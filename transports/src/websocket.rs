@@ -83,6 +83,9 @@ fn run<P: Port>(
         }
         let heartbeat = shared.config.heartbeat;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        // Made once, not per frame: each one made and dropped per turn takes the token's lock twice.
+        let (drained, shut) = (shared.drain.cancelled(), shared.shutdown.cancelled());
+        tokio::pin!(drained, shut);
         let closing = loop {
             let sent = tokio::select! {
                 item = feed.next() => match item {
@@ -119,13 +122,13 @@ fn run<P: Port>(
                     Ok(()) => send(&mut socket, text(shared.port.heartbeat()), limit).await,
                     Err(cut) => Err(cut),
                 },
-                _ = shared.drain.cancelled() => {
+                _ = &mut drained => {
                     // 1012 "service restart": the final frame says when to come back.
                     let (frame, _) = shared.port.reconnect();
                     let _ = send(&mut socket, text(frame), limit).await;
                     break Some((close::RESTART, "draining"));
                 }
-                _ = shared.shutdown.cancelled() => break Some((close::AWAY, "server shutting down")),
+                _ = &mut shut => break Some((close::AWAY, "server shutting down")),
             };
             if let Err(cut) = sent {
                 if cut == Cut::Slow {
