@@ -140,7 +140,7 @@ impl Default for Settings {
             header_timeout: Duration::from_secs(15),
             body_timeout: Duration::from_secs(30),
             topic_linger: Duration::from_secs(30),
-            live_cache_messages: 64,
+            live_cache_messages: 512,
             live_cache_bytes: 256 * 1024,
             max_tcp_connections: None,
             ready_max_load: 0.9,
