@@ -345,3 +345,14 @@ async fn poll(spec: &Spec, host: &str, sub: &mut Sub, shared: &Shared, rc: Optio
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::find_blank_line;
+
+    #[test]
+    fn an_sse_event_ends_at_the_first_blank_line() {
+        assert_eq!(find_blank_line(b": pad\n\nretry: 1000\n\n"), Some(5));
+        assert_eq!(find_blank_line(b"data: {\"type\":\"message\"}\n"), None);
+    }
+}

@@ -18,7 +18,8 @@ pub struct Shared {
     /// Distinct (subscriber, seq) deliveries of this round.
     pub received: AtomicU64,
     pub dups: AtomicU64,
-    /// Messages whose offset is below one the subscriber already had (same epoch). Raw axum's frames have no
+    /// Messages whose offset is below the highest the subscriber already had (same epoch; the same offset again
+    /// is a duplicate). Raw axum's frames have no
     /// offset, so they are not checked for order (`seq` order is not publish order: publishes run concurrently).
     pub reordered: AtomicU64,
     /// Offsets that did not follow the previous one (same epoch) - what a lost message looks like on the wire.
@@ -163,7 +164,7 @@ impl Tracker {
                 Some((e, o)) if e == epoch => {
                     if offset > *o + 1 {
                         shared.offset_skips.fetch_add(1, Relaxed);
-                    } else if offset <= *o {
+                    } else if offset < *o {
                         shared.reordered.fetch_add(1, Relaxed);
                     }
                     *o = (*o).max(offset);
@@ -196,5 +197,46 @@ impl Tracker {
         shared.received.fetch_add(1, Relaxed);
         shared.last_delivery_us.fetch_max(now, Relaxed);
         let _ = shared.hist.lock().unwrap_or_else(|e| e.into_inner()).record(now.saturating_sub(p.ts).max(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(r: u64, seq: u64) -> Option<Payload> {
+        Some(Payload { r, seq, ts: crate::clock::now_us() })
+    }
+
+    #[test]
+    fn counts_duplicates_skips_reorders_and_stray_messages() {
+        let shared = Shared::new();
+        shared.begin_round(1);
+        let mut t = Tracker::default();
+        t.message(&shared, Some("e"), Some(1), payload(1, 0));
+        t.message(&shared, Some("e"), Some(2), payload(1, 1));
+        t.message(&shared, Some("e"), Some(2), payload(1, 1)); // the same message again
+        t.message(&shared, Some("e"), Some(4), payload(1, 3)); // offset 3 never came
+        t.message(&shared, Some("e"), Some(3), payload(1, 2)); // ... and came late
+        t.message(&shared, Some("e"), Some(5), payload(0, 9)); // a warm-up message
+        t.message(&shared, None, None, None); // a message without the bench's payload
+        let c = shared.counts();
+        assert_eq!((c.received, c.dups, c.offset_skips, c.stray), (4, 1, 1, 2));
+        // The late offset 3 went back (the repeated offset 2 is a duplicate, not a reorder).
+        assert_eq!(c.reordered, 1);
+        assert_eq!(t.cursor, Some(("e".to_owned(), 5)));
+        assert_eq!(shared.latency().samples, 4);
+    }
+
+    #[test]
+    fn a_new_round_starts_every_subscriber_afresh() {
+        let shared = Shared::new();
+        shared.begin_round(1);
+        let mut t = Tracker::default();
+        t.message(&shared, None, None, payload(1, 0));
+        shared.begin_round(2);
+        t.message(&shared, None, None, payload(2, 0));
+        let c = shared.counts();
+        assert_eq!((c.received, c.dups), (1, 0));
     }
 }

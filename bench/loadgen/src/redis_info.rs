@@ -41,7 +41,11 @@ pub async fn snapshot(addr: &str) -> std::io::Result<Snapshot> {
             }
         }
     }
-    let text = String::from_utf8_lossy(&buf);
+    Ok(parse(&String::from_utf8_lossy(&buf)))
+}
+
+/// Reads the counters out of an INFO answer.
+fn parse(text: &str) -> Snapshot {
     let mut snap = Snapshot::default();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("cmdstat_") {
@@ -52,7 +56,7 @@ pub async fn snapshot(addr: &str) -> std::io::Result<Snapshot> {
             snap.reads = v.trim().parse().unwrap_or(0);
         }
     }
-    Ok(snap)
+    snap
 }
 
 pub fn diff(before: &Snapshot, after: &Snapshot) -> Diff {
@@ -70,4 +74,21 @@ pub fn diff(before: &Snapshot, after: &Snapshot) -> Diff {
     // The second snapshot's own INFO request is one read.
     out.reads = after.reads.saturating_sub(before.reads).saturating_sub(1);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_commands_and_reads_between_snapshots_without_our_info() {
+        let before = parse("# Stats\r\ntotal_reads_processed:100\r\n# Commandstats\r\ncmdstat_info:calls=4,usec=9\r\ncmdstat_evalsha:calls=10,usec=50,usec_per_call=5.00\r\n");
+        let after = parse("total_reads_processed:131\r\ncmdstat_info:calls=5,usec=9\r\ncmdstat_evalsha:calls=40,usec=90\r\ncmdstat_hget:calls=60,usec=1\r\n");
+        let d = diff(&before, &after);
+        assert_eq!(d.commands, 90);
+        assert_eq!(d.by_command.get("evalsha"), Some(&30));
+        assert_eq!(d.by_command.get("info"), None);
+        // 31 reads, one of them the second INFO itself.
+        assert_eq!(d.reads, 30);
+    }
 }
