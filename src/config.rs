@@ -129,6 +129,11 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_TOPIC_LINGER_MS", default_value_t = defaults().topic_linger.as_millis() as u64)]
     pub topic_linger_ms: u64,
 
+    /// TCP_NODELAY on accepted connections (frames go out at once rather than waiting for the client's ACK of
+    /// the previous one).
+    #[arg(long, env = "STICKLESS_TCP_NODELAY", default_value_t = defaults().tcp_nodelay, action = clap::ArgAction::Set)]
+    pub tcp_nodelay: bool,
+
     /// With Redis: how many of a channel's newest messages, heard live, a node keeps to answer resuming clients
     /// without reading the store (0: always read the store).
     #[arg(long, env = "STICKLESS_LIVE_CACHE_MESSAGES", default_value_t = defaults().live_cache_messages)]
@@ -327,6 +332,7 @@ impl Config {
             "header_timeout_ms" => |s: &mut Settings| s.header_timeout = Duration::from_millis(self.header_timeout_ms);
             "body_timeout_ms" => |s: &mut Settings| s.body_timeout = Duration::from_millis(self.body_timeout_ms);
             "topic_linger_ms" => |s: &mut Settings| s.topic_linger = Duration::from_millis(self.topic_linger_ms);
+            "tcp_nodelay" => |s: &mut Settings| s.tcp_nodelay = self.tcp_nodelay;
             "live_cache_messages" => |s: &mut Settings| s.live_cache_messages = self.live_cache_messages;
             "live_cache_bytes" => |s: &mut Settings| s.live_cache_bytes = self.live_cache_bytes;
             "max_tcp_connections" => |s: &mut Settings| s.max_tcp_connections = self.max_tcp_connections;
@@ -379,6 +385,7 @@ struct File {
     header_timeout_ms: Option<u64>,
     body_timeout_ms: Option<u64>,
     topic_linger_ms: Option<u64>,
+    tcp_nodelay: Option<bool>,
     live_cache_messages: Option<usize>,
     live_cache_bytes: Option<usize>,
     max_tcp_connections: Option<usize>,
@@ -488,6 +495,7 @@ impl File {
         set(&mut s.header_timeout, millis(self.header_timeout_ms));
         set(&mut s.body_timeout, millis(self.body_timeout_ms));
         set(&mut s.topic_linger, millis(self.topic_linger_ms));
+        set(&mut s.tcp_nodelay, self.tcp_nodelay);
         set(&mut s.live_cache_messages, self.live_cache_messages);
         set(&mut s.live_cache_bytes, self.live_cache_bytes);
         set(&mut s.max_tcp_connections, self.max_tcp_connections.map(Some));

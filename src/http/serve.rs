@@ -48,6 +48,8 @@ pub struct ServeSettings {
     pub drain_window: Duration,
     /// The process returns within this of the signal.
     pub drain_timeout: Duration,
+    /// TCP_NODELAY on accepted connections.
+    pub tcp_nodelay: bool,
 }
 
 impl ServeSettings {
@@ -60,6 +62,7 @@ impl ServeSettings {
             max_tcp_connections: settings.max_tcp_connections.unwrap_or_else(descriptor_budget),
             drain_window: settings.drain_window,
             drain_timeout: settings.drain_timeout,
+            tcp_nodelay: settings.tcp_nodelay,
         }
     }
 }
@@ -107,6 +110,9 @@ pub async fn serve(
                 continue;
             }
         };
+        if settings.tcp_nodelay {
+            let _ = stream.set_nodelay(true);
+        }
         // Boxed apart from the task: once read, the first request's room is freed, and an idle event stream's task
         // holds only its own state (see events.rs).
         let first = Box::pin(events::first_request(
