@@ -587,7 +587,8 @@ function targetsSection(R) {
   for (const t of ['ws', 'sse']) {
     const st = R.idle?.find((r) => r.key === 'stickless' && r.transport === t)?.steps.at(-1);
     const per = st ? (st.rss - st.base) / st.conns : NaN;
-    row(`at most 6 KiB gateway RSS per idle ${TNAME[t]}`, per, per <= 6, `${fmt(per, 1)} KiB at ${fmt(st?.conns)}`);
+    const ax = R.idle?.find((r) => r.key === 'axum' && r.transport === t)?.steps.at(-1);
+    row(`at most 6 KiB gateway RSS per idle ${TNAME[t]}`, per, per <= 6, `${fmt(per, 1)} KiB at ${fmt(st?.conns)} (raw axum: ${ax ? fmt((ax.rss - ax.base) / ax.conns, 1) : 'n/a'} KiB)`);
   }
   const fan = (key, t, subs) => R.fanout?.find((r) => r.key === key && r.transport === t && r.subs === subs)?.res;
   for (const { subs } of C.fanout) {
@@ -601,7 +602,8 @@ function targetsSection(R) {
   const thr = pub && ax ? pub.messages_per_s / ax.messages_per_s : NaN;
   row(`fan-out: at least 0.95x raw axum's throughput (max rate, ${fmt(C.publishSubs)} subscribers; the load generator shares the 2 cores)`, thr, thr >= 0.95, `${fmt(thr, 2)}x`);
   const big = fan('stickless', 'ws', C.fanout.at(-1).subs);
-  row(`p99 publish-to-deliver under 50 ms at ${fmt(C.fanout.at(-1).subs)} subscribers and ${fmt(C.fanout.at(-1).subs * C.fanout.at(-1).rate)} deliveries/s (WebSocket)`, big?.latency.p99_ms ?? NaN, big?.latency.p99_ms < 50, `${fmt(big?.latency.p99_ms, 1)} ms`);
+  const bigAxum = fan('axum', 'ws', C.fanout.at(-1).subs);
+  row(`p99 publish-to-deliver under 50 ms at ${fmt(C.fanout.at(-1).subs)} subscribers and ${fmt(C.fanout.at(-1).subs * C.fanout.at(-1).rate)} deliveries/s (WebSocket)`, big?.latency.p99_ms ?? NaN, big?.latency.p99_ms < 50, `${fmt(big?.latency.p99_ms, 1)} ms (raw axum, same load generator: ${fmt(bigAxum?.latency.p99_ms, 1)} ms)`);
   const st = R.storm?.find((r) => r.transport === 'ws')?.res;
   row(`a ${fmt(C.storm)}-client reconnect storm (WebSocket) resumed in under 10 s with nothing lost`, st ? 1 : NaN, st && st.all_resumed_s < 10 && st.lost === 0 && !st.counts.dups, st ? `${st.all_resumed_s != null ? `${fmt(st.all_resumed_s, 2)} s` : 'not all resumed'}, ${fmt(st.lost)} lost, ${fmt(st.counts.dups)} duplicated` : '');
   out.push('', 'At a fixed rate every system delivers everything, so fan-out throughput is compared at max rate (section 4). Sizes were cut to this machine where noted in bench/README.md.');
