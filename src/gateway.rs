@@ -128,10 +128,7 @@ impl<S: Store> Gateway<S> {
         idempotency_key: Option<&str>,
     ) -> Result<(ChannelName, Cursor), Error> {
         let channel = ChannelName::parse(channel)?;
-        if idempotency_key.is_some_and(|key| key.is_empty() || key.len() > 128) {
-            return Err(Error::invalid("`idempotency_key` must be 1..128 chars"));
-        }
-        let dedupe = idempotency_key.map(|k| format!("k:{k}"));
+        let dedupe = idempotency_dedupe(idempotency_key)?;
         let cursor = self.append(&channel, data, dedupe.as_deref(), None, Creator::Backend).await?;
         Ok((channel, cursor))
     }
@@ -151,11 +148,9 @@ impl<S: Store> Gateway<S> {
             .iter()
             .map(|&(channel, data, key)| {
                 let channel = ChannelName::parse(channel)?;
-                if key.is_some_and(|key| key.is_empty() || key.len() > 128) {
-                    return Err(Error::invalid("`idempotency_key` must be 1..128 chars"));
-                }
+                let dedupe = idempotency_dedupe(key)?;
                 let data = self.checked_data(&channel, data)?;
-                Ok(Checked { channel, data, dedupe: key.map(|k| format!("k:{k}")) })
+                Ok(Checked { channel, data, dedupe })
             })
             .collect();
         let ts = now_ms();
@@ -601,6 +596,14 @@ impl<S: Store> Port for Gateway<S> {
 }
 
 /// Refuses everything but a refresh once the session's grant has expired.
+/// A backend's idempotency key as the store's dedupe key (`k:<key>`), when it is 1..128 chars.
+fn idempotency_dedupe(key: Option<&str>) -> Result<Option<String>, Error> {
+    if key.is_some_and(|key| key.is_empty() || key.len() > 128) {
+        return Err(Error::invalid("`idempotency_key` must be 1..128 chars"));
+    }
+    Ok(key.map(|k| format!("k:{k}")))
+}
+
 fn live_grant(record: &SessionRecord) -> Result<(), Error> {
     match &record.grant {
         Some(grant) if grant.expired(now_secs()) => Err(TokenError::Expired.into()),

@@ -101,13 +101,7 @@ pub trait ChannelLog: Send + Sync + 'static {
         &'a self,
         messages: &'a [(ChannelName, Append<'a>)],
     ) -> impl Future<Output = Vec<Result<Cursor, StoreError>>> + Send + 'a {
-        async move {
-            let mut outcomes = Vec::with_capacity(messages.len());
-            for (channel, message) in messages {
-                outcomes.push(self.append(channel, *message).await);
-            }
-            outcomes
-        }
+        append_each(self, messages)
     }
 
     /// The messages after `after`, at most `limit`, where [`crate::recovery::resume`] says they start.
@@ -122,6 +116,19 @@ pub trait ChannelLog: Send + Sync + 'static {
     /// with no message yet lives only as long as a session (`2 × session_ttl`), refreshed by reads: subscribing
     /// to empty channels creates nothing that outlives its subscribers.
     fn top(&self, channel: &ChannelName, creator: Creator) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
+}
+
+/// [`ChannelLog::append_all`] one message at a time: the default, and a store's way when each append needs its own
+/// step.
+pub(crate) async fn append_each<L: ChannelLog + ?Sized>(
+    log: &L,
+    messages: &[(ChannelName, Append<'_>)],
+) -> Vec<Result<Cursor, StoreError>> {
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for (channel, message) in messages {
+        outcomes.push(log.append(channel, *message).await);
+    }
+    outcomes
 }
 
 /// Sessions: their subscriptions (with the cursor each started from), TTLs, and change notifications.

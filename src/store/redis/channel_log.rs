@@ -16,7 +16,7 @@ use super::scripts::{append_reply, malformed, top_reply, ReadReply};
 use super::RedisStore;
 use crate::model::{ChannelName, Cursor, Epoch, Sender};
 use crate::protocol::Message;
-use crate::store::{Append, ChannelLog, Creator, History, StoreError};
+use crate::store::{append_each, Append, ChannelLog, Creator, History, StoreError};
 
 impl ChannelLog for RedisStore {
     async fn append(&self, channel: &ChannelName, append: Append<'_>) -> Result<Cursor, StoreError> {
@@ -46,11 +46,7 @@ impl ChannelLog for RedisStore {
         let per_message = self.writers.is_some()
             || messages.iter().any(|(_, m)| matches!(m.creator, Creator::Client(_)) && self.limits.limits_channels());
         if per_message {
-            let mut outcomes = Vec::with_capacity(messages.len());
-            for (channel, message) in messages {
-                outcomes.push(self.append(channel, *message).await);
-            }
-            return outcomes;
+            return append_each(self, messages).await;
         }
         let started = Instant::now();
         let mut replies = self.append_pipeline(messages).await;
@@ -94,9 +90,6 @@ impl ChannelLog for RedisStore {
 }
 
 impl RedisStore {
-    /// Runs a script that creates the channel when absent (its last argument says whether it may). When
-    /// `limited`, it first may not; a channel found absent then counts against the node's channels per second
-    /// before the second run creates it.
     /// The append script's keys and arguments (without the last: whether it may create the channel).
     fn append_call(&self, channel: &ChannelName, append: &Append<'_>) -> (Vec<String>, Vec<String>) {
         let mut keys = vec![self.keys.channel(channel, Part::Meta), self.keys.channel(channel, Part::History)];
@@ -141,6 +134,9 @@ impl RedisStore {
         pipe.try_all::<Value>().await
     }
 
+    /// Runs a script that creates the channel when absent (its last argument says whether it may). When
+    /// `limited`, it first may not; a channel found absent then counts against the node's channels per second
+    /// before the second run creates it.
     async fn creating(
         &self,
         client: &fred::clients::Client,
