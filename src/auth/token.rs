@@ -9,7 +9,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::model::{Grant, Pattern};
+use crate::model::{now_secs, Grant, Pattern};
 
 /// Where verification keys come from, and which issuer and audience tokens must name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -152,6 +152,11 @@ impl Verifier {
                 _ => TokenError::Invalid(e.to_string()),
             })?
             .claims;
+        // RFC 7519 4.1.4: valid only *before* `exp`. jsonwebtoken still accepts the second of `exp` itself; the
+        // hook path refuses it, so tokens do too.
+        if claims.exp <= now_secs() {
+            return Err(TokenError::Expired);
+        }
         if claims.sub.is_empty() {
             return Err(TokenError::Invalid("`sub` is empty".into()));
         }
@@ -163,5 +168,27 @@ impl Verifier {
             publish: patterns(claims.stickless.publish),
             presence: patterns(claims.stickless.presence),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_expired_from_the_second_of_its_exp() {
+        let secret = "a shared secret of at least thirty-two bytes!";
+        let verifier = Verifier::load(&TokenSettings { hs256_secret: Some(secret.into()), ..TokenSettings::default() })
+            .unwrap()
+            .unwrap();
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+        let token = |exp: u64| {
+            let claims = serde_json::json!({"sub": "u1", "exp": exp});
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+        };
+        let now = now_secs();
+        assert!(matches!(verifier.verify(&token(now)), Err(TokenError::Expired)));
+        assert!(matches!(verifier.verify(&token(now - 1)), Err(TokenError::Expired)));
+        assert_eq!(verifier.verify(&token(now + 60)).unwrap().sub, "u1");
     }
 }
