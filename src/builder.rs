@@ -69,6 +69,7 @@ impl Builder {
                     linger: settings.topic_linger,
                     recent_messages: settings.live_cache_messages,
                     recent_bytes: settings.live_cache_bytes,
+                    sessions: settings.session_cache.then_some(settings.session_ttl / 3),
                 };
                 let (hub, commands) = Hub::with_listener_keeping(keeping);
                 let (prefix, retention) = (&settings.redis_prefix, settings.retention());

@@ -283,15 +283,47 @@ impl<S: Store> Gateway<S> {
 
     async fn load(&self, session: &str) -> Result<(SessionId, SessionRecord), Error> {
         let id = SessionId::parse(session)?;
-        let Some(record) = self.store().load_session(&id).await? else {
+        let Some(mut record) = self.store().load_session(&id).await? else {
             return Err(Error::plain(ErrorCode::SessionUnknown));
         };
         // Loading refreshed the session's TTL; presence entries are refreshed now and then, not per request.
-        let ttl_ms = self.settings().session_ttl.as_millis() as u64;
-        if now_ms().saturating_sub(record.presence_at) > ttl_ms / 3 && !record.subscriptions.is_empty() {
+        if self.presence_due(&record) {
             self.store().touch_session(&id, &record).await?;
+            record.presence_at = now_ms();
         }
         Ok((id, record))
+    }
+
+    /// Whether `record`'s presence entries are due for a refresh (every third of the session TTL).
+    fn presence_due(&self, record: &SessionRecord) -> bool {
+        let ttl_ms = self.settings().session_ttl.as_millis() as u64;
+        now_ms().saturating_sub(record.presence_at) > ttl_ms / 3 && !record.subscriptions.is_empty()
+    }
+
+    /// The session a connection attaches to. A long-poll's comes from what this node kept of it when its control
+    /// topic was live since and said nothing (`Settings::session_cache`): the session's polls here read no
+    /// session from the store. A change the topic has not told yet reaches `control`, listening already, and the
+    /// feed reloads.
+    async fn load_attaching(&self, id: &SessionId, transport: &str) -> Result<SessionRecord, Error> {
+        let hub = &self.0.source.hub;
+        if transport != Transport::LongPolling.name() {
+            return Ok(self.load(id.as_str()).await?.1);
+        }
+        if let Some(record) = hub.kept_session(id).filter(|r| !self.presence_due(r)) {
+            return Ok(record);
+        }
+        let mark = hub.session_mark(id);
+        let record = self.load(id.as_str()).await?.1;
+        if let Some(mark) = mark {
+            hub.keep_session(id, &record, mark);
+        }
+        Ok(record)
+    }
+
+    /// Tells every node that session `id` changed (this one first, which may keep the session's record).
+    async fn changed(&self, id: &SessionId) -> Result<(), Error> {
+        self.0.source.hub.forget_session(id);
+        Ok(self.store().notify_session(id).await?)
     }
 
     async fn open(&self, request: Attach) -> Result<Attached<Feed>, Error> {
@@ -318,8 +350,8 @@ impl<S: Store> Gateway<S> {
         let mut control = self.0.source.hub.listen(Topic::Session(id.clone()));
         control.ready(feed::READY_WAIT).await;
         let (mut record, created) = match &request.session {
-            Some(session) => {
-                let mut record = self.load(session).await?.1;
+            Some(_) => {
+                let mut record = self.load_attaching(&id, request.transport).await?;
                 if let Some(token) = &request.client.token {
                     // A client reconnecting with a fresh token: the same user's session takes it (once: a client
                     // that sends its token with every poll costs no write when it is the one the session holds).
@@ -352,7 +384,7 @@ impl<S: Store> Gateway<S> {
             changed = true;
         }
         if changed && !created {
-            self.store().notify_session(&id).await?;
+            self.changed(&id).await?;
         }
         let connection = self.0.metrics.connection(request.transport);
         let welcome = Downstream::Welcome {
@@ -415,12 +447,12 @@ impl<S: Store> Gateway<S> {
         Ok(match frame {
             Upstream::Subscribe { channel, since, .. } => {
                 let cursor = self.subscribe(id, record, channel, since.clone()).await?;
-                self.store().notify_session(id).await?;
+                self.changed(id).await?;
                 ack(AckResult::cursor(channel, &cursor))
             }
             Upstream::Unsubscribe { channel, .. } => {
                 self.store().unsubscribe(id, &record.pid, channel).await?;
-                self.store().notify_session(id).await?;
+                self.changed(id).await?;
                 ack(AckResult::Channel { channel })
             }
             Upstream::Publish { channel, data, id: frame_id } => {
@@ -481,7 +513,7 @@ impl<S: Store> Gateway<S> {
                 self.store().unsubscribe(id, &record.pid, channel).await?;
             }
         }
-        self.store().notify_session(id).await?;
+        self.changed(id).await?;
         Ok(())
     }
 

@@ -10,6 +10,10 @@
 //! of one poll, and its next poll (here or on any node) comes back within moments, so a topic stays subscribed
 //! for `linger` after its last listener left instead of costing two SUBSCRIBE round trips per poll. Both go
 //! through one queue, so they reach the store in order.
+//!
+//! While a session's control topic lingers, the hub may also keep the session's record as a long-poll read it
+//! (`Keeping::sessions`): the topic tells every change, so the next poll here needs no store read until the
+//! topic says something, the store reconnects, the record grows old or the topic is dropped.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -22,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::model::{ChannelName, Cursor, SessionId};
+use crate::model::{ChannelName, Cursor, SessionId, SessionRecord};
 use crate::protocol::Message;
 use crate::recovery::Recent;
 
@@ -64,6 +68,24 @@ struct Entry {
     idle_since: Option<Instant>,
     /// A channel's newest messages heard live (with a store that needs subscriptions, when enabled).
     recent: Option<Mutex<Recent<Arc<Message>>>>,
+    /// A session's record as last read, for a session topic (with a store that needs subscriptions, when
+    /// enabled).
+    kept: Option<Mutex<Kept>>,
+}
+
+/// A session record kept under its control topic, and how many times the topic said "changed" (a read that
+/// started before the last change must not be kept).
+#[derive(Default)]
+struct Kept {
+    changes: u64,
+    record: Option<Box<(SessionRecord, Instant)>>,
+}
+
+impl Kept {
+    fn changed(&mut self) {
+        self.changes += 1;
+        self.record = None;
+    }
 }
 
 /// How a hub fed by a store's subscriptions keeps what it heard.
@@ -74,6 +96,8 @@ pub struct Keeping {
     /// How many of a channel's newest messages, and how many bytes of them, it keeps for resuming readers.
     pub recent_messages: usize,
     pub recent_bytes: usize,
+    /// How long a session record read while its control topic was live may be used again (`None`: never).
+    pub sessions: Option<Duration>,
 }
 
 pub struct Hub {
@@ -141,7 +165,13 @@ impl Hub {
                 }
                 _ => None,
             };
-            Entry { sender: broadcast::channel(capacity).0, ready, listeners: 0, idle_since: None, recent }
+            let kept = match topic {
+                Topic::Session(_) if self.commands.is_some() && self.keeping.sessions.is_some() => {
+                    Some(Mutex::default())
+                }
+                _ => None,
+            };
+            Entry { sender: broadcast::channel(capacity).0, ready, listeners: 0, idle_since: None, recent, kept }
         });
         entry.listeners += 1;
         entry.idle_since = None;
@@ -164,6 +194,9 @@ impl Hub {
                     Live::SessionChanged => {}
                 }
             }
+            if let Some(kept) = &entry.kept {
+                kept.lock().unwrap_or_else(|e| e.into_inner()).changed();
+            }
             let _ = entry.sender.send(event);
         }
     }
@@ -175,6 +208,9 @@ impl Hub {
         for entry in topics.values() {
             if let Some(recent) = &entry.recent {
                 recent.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+            if let Some(kept) = &entry.kept {
+                kept.lock().unwrap_or_else(|e| e.into_inner()).changed();
             }
             let _ = entry.sender.send(Live::Resync);
         }
@@ -188,6 +224,47 @@ impl Hub {
         let recent = topics.get(&Topic::Channel(channel.clone()))?.recent.as_ref()?;
         let answer = recent.lock().unwrap_or_else(|e| e.into_inner()).after(cursor);
         answer
+    }
+
+    /// The record of session `id` as this node last read it, when its control topic was live since and said
+    /// nothing, and the read is younger than `Keeping::sessions`.
+    pub fn kept_session(&self, id: &SessionId) -> Option<SessionRecord> {
+        let max_age = self.keeping.sessions?;
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let entry = topics.get(&Topic::Session(id.clone()))?;
+        let kept = entry.kept.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        let (record, read_at) = kept.record.as_deref()?;
+        (*entry.ready.borrow() && read_at.elapsed() < max_age).then(|| record.clone())
+    }
+
+    /// A mark to take before reading session `id` from the store, for [`Hub::keep_session`]; `None` when its
+    /// control topic is not live here (or records are not kept).
+    pub fn session_mark(&self, id: &SessionId) -> Option<u64> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let entry = topics.get(&Topic::Session(id.clone()))?;
+        let kept = entry.kept.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        let live = *entry.ready.borrow();
+        live.then_some(kept.changes)
+    }
+
+    /// Keeps `record`, read from the store after `mark` was taken, unless the session changed since.
+    pub fn keep_session(&self, id: &SessionId, record: &SessionRecord, mark: u64) {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = topics.get(&Topic::Session(id.clone())) else { return };
+        let Some(kept) = &entry.kept else { return };
+        let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.changes == mark && *entry.ready.borrow() {
+            kept.record = Some(Box::new((record.clone(), Instant::now())));
+        }
+    }
+
+    /// Forgets the kept record of session `id`: this node just changed the session (the control topic says so
+    /// to every node, but a moment later).
+    pub fn forget_session(&self, id: &SessionId) {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = topics.get(&Topic::Session(id.clone())).and_then(|e| e.kept.as_ref()) {
+            kept.lock().unwrap_or_else(|e| e.into_inner()).changed();
+        }
     }
 
     /// The topics with listeners here, for a store that re-subscribes after reconnecting.
@@ -308,5 +385,57 @@ mod tests {
         hub.expire_idle();
         assert!(matches!(commands.recv().await, Some(ListenCommand::Unlisten(t)) if t == topic));
         assert!(hub.topics().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_kept_session_record_lasts_until_its_topic_says_anything() {
+        let keeping = Keeping {
+            linger: Duration::from_millis(200),
+            sessions: Some(Duration::from_secs(60)),
+            ..Keeping::default()
+        };
+        let (hub, mut commands) = Hub::with_listener_keeping(keeping);
+        let id = SessionId::random();
+        let topic = Topic::Session(id.clone());
+        let control = hub.listen(topic.clone());
+        assert_eq!(hub.session_mark(&id), None, "not live yet: nothing may be kept");
+        let Some(ListenCommand::Listen(_, ready)) = commands.recv().await else { panic!("no listen") };
+        ready.send(true).unwrap();
+        let record = SessionRecord::new();
+        let mark = hub.session_mark(&id).unwrap();
+        hub.keep_session(&id, &record, mark);
+        drop(control);
+        assert_eq!(hub.kept_session(&id).map(|r| r.pid), Some(record.pid.clone()), "kept while the topic lingers");
+        // Any word on the topic forgets it, and a read that started before the word is not kept.
+        hub.deliver(&topic, Live::SessionChanged);
+        assert!(hub.kept_session(&id).is_none());
+        hub.keep_session(&id, &record, mark);
+        assert!(hub.kept_session(&id).is_none(), "read before the change");
+        for forget in [|hub: &Hub, id: &SessionId| hub.forget_session(id), |hub: &Hub, _: &SessionId| hub.resync_all()]
+        {
+            hub.keep_session(&id, &record, hub.session_mark(&id).unwrap());
+            assert!(hub.kept_session(&id).is_some());
+            forget(&hub, &id);
+            assert!(hub.kept_session(&id).is_none());
+        }
+        // Dropped with the topic.
+        hub.keep_session(&id, &record, hub.session_mark(&id).unwrap());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        hub.expire_idle();
+        assert!(hub.kept_session(&id).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_kept_session_record_grows_old() {
+        let keeping = Keeping { sessions: Some(Duration::from_millis(30)), ..Keeping::default() };
+        let (hub, mut commands) = Hub::with_listener_keeping(keeping);
+        let id = SessionId::random();
+        let _control = hub.listen(Topic::Session(id.clone()));
+        let Some(ListenCommand::Listen(_, ready)) = commands.recv().await else { panic!("no listen") };
+        ready.send(true).unwrap();
+        hub.keep_session(&id, &SessionRecord::new(), hub.session_mark(&id).unwrap());
+        assert!(hub.kept_session(&id).is_some());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(hub.kept_session(&id).is_none(), "older than the max age: read again");
     }
 }

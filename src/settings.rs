@@ -88,6 +88,10 @@ pub struct Settings {
     /// bytes at most per channel.
     pub live_cache_messages: usize,
     pub live_cache_bytes: usize,
+    /// With Redis: a node keeps the session record a long-poll read while it holds the session's control
+    /// subscription (which tells every change), so the session's next poll here reads nothing from the store;
+    /// a kept record is read again after a third of `session_ttl` (which also refreshes the session's TTL).
+    pub session_cache: bool,
     /// The most TCP connections open at once on this node, idle keep-alive ones included (`None`: the process's
     /// open-file limit, raised to its hard limit, less 128 kept for Redis, hooks and files).
     pub max_tcp_connections: Option<usize>,
@@ -147,6 +151,7 @@ impl Default for Settings {
             tcp_nodelay: false,
             live_cache_messages: 512,
             live_cache_bytes: 256 * 1024,
+            session_cache: true,
             max_tcp_connections: None,
             ready_max_load: 0.9,
             drain_window: Duration::from_secs(10),

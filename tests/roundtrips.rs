@@ -1,7 +1,8 @@
 //! Redis round trips and commands per long-poll and per publish, counted on a real redis-server, so a change that
 //! adds one fails here. A poll that finds a message waiting costs two round trips (load the session, read the
-//! history; its pub/sub topics stay subscribed between polls), or one when the node heard the message live and
-//! answers from its live cache; a publish costs one, whatever the number of subscribers.
+//! history; its pub/sub topics stay subscribed between polls), one when the node heard the message live and
+//! answers from its live cache, and none when the node also kept the session from its last poll here (the
+//! session cache); a publish costs one, whatever the number of subscribers.
 //!
 //! Round trips are counted by a TCP proxy between a node and Redis: a turn is a command sent on a connection with
 //! no reply outstanding, so a pipeline is one turn however many commands it carries.
@@ -201,7 +202,7 @@ fn total(commands: &BTreeMap<String, u64>) -> u64 {
 /// Without the live cache every poll reads the channel's history: two round trips, the session load and the read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_with_data_waiting_costs_two_round_trips_and_a_publish_one() {
-    let costs = measure(&["--live-cache-messages", "0"]).await;
+    let costs = measure(&["--live-cache-messages", "0", "--session-cache", "false"]).await;
     assert!(
         costs.poll_turns.iter().all(|&t| t == 2),
         "a poll with data waiting: 2 round trips, {:?}",
@@ -219,16 +220,68 @@ async fn a_poll_with_data_waiting_costs_two_round_trips_and_a_publish_one() {
     assert!(publishes.iter().all(|c| total(c) <= 12), "commands per publish: {publishes:?}");
 }
 
-/// With the live cache (the default) a node that heard the messages since the client's cursor answers from it:
+/// With the live cache (a default) a node that heard the messages since the client's cursor answers from it:
 /// one round trip, the session load. The first poll may come before the node heard anything it could answer from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_the_live_cache_a_poll_costs_one_round_trip() {
-    let costs = measure(&[]).await;
+    let costs = measure(&["--session-cache", "false"]).await;
     assert!(costs.poll_turns.iter().all(|&t| t <= 2), "{:?}", costs.poll_turns);
     assert!(costs.poll_turns[1..].iter().all(|&t| t == 1), "after the first, 1 round trip: {:?}", costs.poll_turns);
     let later = &costs.poll_commands[1..];
     assert!(later.iter().all(|c| c.get("evalsha") == Some(&1) && total(c) <= 3), "the session load only: {later:?}");
     assert!(costs.publish_turns.iter().all(|&t| t == 1), "{:?}", costs.publish_turns);
+}
+
+/// With the session cache too (the defaults), a node that kept the session from its last poll and heard the
+/// messages live answers a poll without Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_both_caches_a_poll_costs_no_round_trip() {
+    let costs = measure(&[]).await;
+    assert!(costs.poll_turns.iter().all(|&t| t == 0), "no round trip: {:?}", costs.poll_turns);
+    assert!(costs.poll_commands.iter().all(|c| total(c) == 0), "no command: {:?}", costs.poll_commands);
+    assert!(costs.publish_turns.iter().all(|&t| t == 1), "{:?}", costs.publish_turns);
+}
+
+/// A node that keeps a session from its polls forgets it when another node changes the session: a channel
+/// subscribed through node A is delivered by the very next poll on node B, which had read nothing from Redis
+/// for its polls before. And a session polled only where it is kept stays alive past its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_session_is_forgotten_when_another_node_changes_it_and_never_outlives_its_ttl() {
+    let redis = Redis::start(&[]).await;
+    let turns = Turns::start(redis.port).await;
+    let b = Node::start(&["--redis-url", &turns.url(), "--session-ttl", "6", "--poll-timeout-ms", "300"]).await;
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let a = Node::start(&["--redis-url", &redis_url, "--session-ttl", "6"]).await;
+    let mut client = Poller::open(&a.url, "kept.x").await;
+    // B's first poll reads the session (and keeps it) and subscribes the topics; a message B hears live then
+    // starts its live cache of the channel.
+    client.poll(&b.url).await;
+    publish_ok(&a.url, "kept.x", json!("on x")).await;
+    let mut frames = Vec::new();
+    while !frames.iter().any(|f: &serde_json::Value| f["data"] == "on x") {
+        frames.extend(client.poll(&b.url).await);
+    }
+    let before = turns.count();
+    for _ in 0..3 {
+        client.poll(&b.url).await;
+    }
+    assert_eq!(turns.count() - before, 0, "node B answers from the session it kept");
+
+    let acks = client.send(&a.url, json!([{"type": "subscribe", "id": "s", "channel": "kept.y"}])).await;
+    assert_eq!(acks[0]["type"], "ack", "{acks}");
+    publish_ok(&a.url, "kept.y", json!("on y")).await;
+    // The very next poll: B forgot the kept session when the topic told it, or, told during the poll, reloads.
+    let frames = client.poll(&b.url).await;
+    assert!(frames.iter().any(|f| f["data"] == "on y"), "B delivers the channel A subscribed: {frames:?}");
+
+    // 3 polls a second for 9 s (1.5 TTLs), all on B: the kept session is read again every TTL / 3, which
+    // refreshes its TTL, so it never expires under the client.
+    for _ in 0..30 {
+        client.poll(&b.url).await;
+        assert!(!client.position.is_empty());
+    }
+    let acks = client.send(&a.url, json!([{"type": "subscribe", "id": "s2", "channel": "kept.z"}])).await;
+    assert_eq!(acks[0]["type"], "ack", "the session is alive after 9 s of polls on B: {acks}");
 }
 
 /// A backend's batch goes to Redis as one pipeline: about one round trip for 99 messages over two channels, each stored
