@@ -66,6 +66,24 @@ after(async () => {
   if (gw) await gw.stop();
 });
 
+// A CI run hung here: fifteen publishes over a rate limit, and one of them never went again. Two refusals read in
+// one turn: the second cleared the timer of a frame the first had made due, and the next timer left that frame out.
+test("a rate-limited frame that fell due while another was held back is sent at once, not left for a reconnect", () => {
+  const c = new Stickless({ url: "http://127.0.0.1:9", ...impls, storage: memoryStorage() });
+  const sent = [];
+  c._conn = { id: 1, closed: false, send: (f) => (sent.push(f.id), true), close() {} };
+  const pending = (id) => ({ frame: { type: "publish", id, channel: "x", data: id }, resolve() {}, reject() {} });
+  const [a, b] = [pending("a"), pending("b")];
+  c._pending.set("a", a);
+  c._pending.set("b", b);
+  // b was held back once and is due now; its timer has not fired yet when a's refusal is read.
+  Object.assign(b, { holds: 1, holdUntil: Date.now() - 1, sentOn: 0 });
+  c._onAnswer({ type: "error", id: "a", code: "rate_limited", message: "over the session's rate" });
+  assert.deepEqual(sent, ["b"], "b goes at once");
+  assert.ok(a.holdUntil > Date.now() && c._holdTimer, "a is held, with a timer to send it");
+  c.close();
+});
+
 test("a published message reaches a client on each transport", { timeout: 60000 }, async () => {
   for (const transport of TRANSPORTS) {
     const channel = uniq(`hello-${transport}`);

@@ -432,13 +432,23 @@ export class Stickless {
     this._wakeHeld();
   }
 
-  /** Sets the timer for the earliest held frame: then what is due is sent, and the timer set for the next. */
+  /**
+   * Sets the timer for the earliest held frame: then what is due is sent, and the timer set for the next. A held
+   * frame that fell due while its timer had not fired yet (another frame held back in the same turn clears the
+   * timer) is sent now: left out of the next timer, it would wait for a reconnect forever.
+   */
   _wakeHeld() {
     clearTimeout(this._holdTimer);
-    const now = Date.now();
+    if (this._closed) return;
+    let now = Date.now();
+    const late = [...this._pending.values()].some((p) => p.holds && p.holdUntil <= now && !p.sentOn && !p.inflight);
+    if (late) {
+      this._flush();
+      now = Date.now();
+    }
     let due = Infinity;
     for (const p of this._pending.values()) if (p.holdUntil > now) due = Math.min(due, p.holdUntil);
-    if (due === Infinity || this._closed) return;
+    if (due === Infinity) return;
     this._holdTimer = setTimeout(() => {
       this._flush();
       this._wakeHeld();
