@@ -281,17 +281,16 @@ impl<S: Store> Gateway<S> {
             .ok_or_else(|| HookUnavailable("a namespace asks the hook, but no hook URL is set".into()).into())
     }
 
-    async fn load(&self, session: &str) -> Result<(SessionId, SessionRecord), Error> {
-        let id = SessionId::parse(session)?;
-        let Some(mut record) = self.store().load_session(&id).await? else {
+    async fn load(&self, id: &SessionId) -> Result<SessionRecord, Error> {
+        let Some(mut record) = self.store().load_session(id).await? else {
             return Err(Error::plain(ErrorCode::SessionUnknown));
         };
         // Loading refreshed the session's TTL; presence entries are refreshed now and then, not per request.
         if self.presence_due(&record) {
-            self.store().touch_session(&id, &record).await?;
+            self.store().touch_session(id, &record).await?;
             record.presence_at = now_ms();
         }
-        Ok((id, record))
+        Ok(record)
     }
 
     /// Whether `record`'s presence entries are due for a refresh (every third of the session TTL).
@@ -307,13 +306,13 @@ impl<S: Store> Gateway<S> {
     async fn load_attaching(&self, id: &SessionId, transport: &str) -> Result<SessionRecord, Error> {
         let hub = &self.0.source.hub;
         if transport != Transport::LongPolling.name() {
-            return Ok(self.load(id.as_str()).await?.1);
+            return self.load(id).await;
         }
         if let Some(record) = hub.kept_session(id).filter(|r| !self.presence_due(r)) {
             return Ok(record);
         }
         let mark = hub.session_mark(id);
-        let record = self.load(id.as_str()).await?.1;
+        let record = self.load(id).await?;
         if let Some(mark) = mark {
             hub.keep_session(id, &record, mark);
         }
@@ -532,7 +531,7 @@ impl<S: Store> Gateway<S> {
         // Limited before the session is loaded, so a refused flood costs the store nothing.
         let id = SessionId::parse(session)?;
         self.0.limits.upstream(&id, frames.len() as u32, body.len()).map_err(Error::RateLimited)?;
-        let (id, record) = self.load(id.as_str()).await?;
+        let record = self.load(&id).await?;
         let mut replies = Vec::with_capacity(frames.len());
         for raw in frames {
             replies.push(match Upstream::parse_value(raw) {
@@ -577,7 +576,8 @@ impl<S: Store> Port for Gateway<S> {
 
     async fn upstream(&self, session: &str, bytes: &[u8]) -> Bytes {
         // Counted before anything else, malformed frames included, so a refused flood costs nothing more.
-        let limited = SessionId::parse(session).map(|id| self.0.limits.upstream(&id, 1, bytes.len()));
+        let id = SessionId::parse(session).map_err(Error::from);
+        let limited = id.as_ref().map(|id| self.0.limits.upstream(id, 1, bytes.len()));
         let upstream = match Upstream::parse(bytes) {
             Ok(upstream) => upstream,
             Err(refused) => {
@@ -587,7 +587,11 @@ impl<S: Store> Port for Gateway<S> {
         if let Ok(Err(wait)) = limited {
             return self.refused(Some(session), Error::RateLimited(wait)).frame(Some(upstream.id()));
         }
-        match self.load(session).await {
+        let loaded = match id {
+            Ok(id) => self.load(&id).await.map(|record| (id, record)),
+            Err(err) => Err(err),
+        };
+        match loaded {
             Ok((id, record)) => self.apply(&id, &record, upstream).await,
             Err(err) => self.refused(Some(session), err).frame(Some(upstream.id())),
         }
@@ -627,7 +631,6 @@ impl<S: Store> Port for Gateway<S> {
     }
 }
 
-/// Refuses everything but a refresh once the session's grant has expired.
 /// A backend's idempotency key as the store's dedupe key (`k:<key>`), when it is 1..128 chars.
 fn idempotency_dedupe(key: Option<&str>) -> Result<Option<String>, Error> {
     if key.is_some_and(|key| key.is_empty() || key.len() > 128) {
@@ -636,6 +639,7 @@ fn idempotency_dedupe(key: Option<&str>) -> Result<Option<String>, Error> {
     Ok(key.map(|k| format!("k:{k}")))
 }
 
+/// Refuses everything but a refresh once the session's grant has expired.
 fn live_grant(record: &SessionRecord) -> Result<(), Error> {
     match &record.grant {
         Some(grant) if grant.expired(now_secs()) => Err(TokenError::Expired.into()),

@@ -81,10 +81,14 @@ struct Kept {
     record: Option<Box<(SessionRecord, Instant)>>,
 }
 
-impl Kept {
-    fn changed(&mut self) {
-        self.changes += 1;
-        self.record = None;
+impl Entry {
+    /// The session changed (or may have): a kept record is stale, and so is a read still in flight.
+    fn session_changed(&self) {
+        if let Some(kept) = &self.kept {
+            let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+            kept.changes += 1;
+            kept.record = None;
+        }
     }
 }
 
@@ -194,9 +198,7 @@ impl Hub {
                     Live::SessionChanged => {}
                 }
             }
-            if let Some(kept) = &entry.kept {
-                kept.lock().unwrap_or_else(|e| e.into_inner()).changed();
-            }
+            entry.session_changed();
             let _ = entry.sender.send(event);
         }
     }
@@ -209,9 +211,7 @@ impl Hub {
             if let Some(recent) = &entry.recent {
                 recent.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }
-            if let Some(kept) = &entry.kept {
-                kept.lock().unwrap_or_else(|e| e.into_inner()).changed();
-            }
+            entry.session_changed();
             let _ = entry.sender.send(Live::Resync);
         }
     }
@@ -230,41 +230,42 @@ impl Hub {
     /// nothing, and the read is younger than `Keeping::sessions`.
     pub fn kept_session(&self, id: &SessionId) -> Option<SessionRecord> {
         let max_age = self.keeping.sessions?;
-        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        let entry = topics.get(&Topic::Session(id.clone()))?;
-        let kept = entry.kept.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
-        let (record, read_at) = kept.record.as_deref()?;
-        (*entry.ready.borrow() && read_at.elapsed() < max_age).then(|| record.clone())
+        self.with_kept(id, |kept, live| {
+            let (record, read_at) = kept.record.as_deref()?;
+            (live && read_at.elapsed() < max_age).then(|| record.clone())
+        })
     }
 
     /// A mark to take before reading session `id` from the store, for [`Hub::keep_session`]; `None` when its
     /// control topic is not live here (or records are not kept).
     pub fn session_mark(&self, id: &SessionId) -> Option<u64> {
-        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        let entry = topics.get(&Topic::Session(id.clone()))?;
-        let kept = entry.kept.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
-        let live = *entry.ready.borrow();
-        live.then_some(kept.changes)
+        self.with_kept(id, |kept, live| live.then_some(kept.changes))
     }
 
     /// Keeps `record`, read from the store after `mark` was taken, unless the session changed since.
     pub fn keep_session(&self, id: &SessionId, record: &SessionRecord, mark: u64) {
-        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = topics.get(&Topic::Session(id.clone())) else { return };
-        let Some(kept) = &entry.kept else { return };
-        let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.changes == mark && *entry.ready.borrow() {
-            kept.record = Some(Box::new((record.clone(), Instant::now())));
-        }
+        self.with_kept(id, |kept, live| {
+            (kept.changes == mark && live).then(|| kept.record = Some(Box::new((record.clone(), Instant::now()))))
+        });
     }
 
     /// Forgets the kept record of session `id`: this node just changed the session (the control topic says so
     /// to every node, but a moment later).
     pub fn forget_session(&self, id: &SessionId) {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(kept) = topics.get(&Topic::Session(id.clone())).and_then(|e| e.kept.as_ref()) {
-            kept.lock().unwrap_or_else(|e| e.into_inner()).changed();
+        if let Some(entry) = topics.get(&Topic::Session(id.clone())) {
+            entry.session_changed();
         }
+    }
+
+    /// `f` on session `id`'s kept record and whether its control topic is live here; `None` when the node keeps
+    /// no record for it.
+    fn with_kept<T>(&self, id: &SessionId, f: impl FnOnce(&mut Kept, bool) -> Option<T>) -> Option<T> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let entry = topics.get(&Topic::Session(id.clone()))?;
+        let live = *entry.ready.borrow();
+        let mut kept = entry.kept.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut kept, live)
     }
 
     /// The topics with listeners here, for a store that re-subscribes after reconnecting.
