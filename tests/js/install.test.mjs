@@ -4,19 +4,19 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { REPO, startGateway } from "./harness.mjs";
+import { REPO, makeTempDir, startGateway } from "./harness.mjs";
 
 test("an installed binary serves the demo from any directory", async () => {
-  const root = mkdtempSync(join(tmpdir(), "stickless-install-"));
+  // Both directories go at exit (the harness removes its temp dirs): the installed debug binary is ~200 MB, and a
+  // disk that filled with them failed a CI run.
+  const root = makeTempDir("stickless-install-");
   execFileSync(
     "cargo",
     ["install", "--path", REPO, "--root", root, "--debug", "--target-dir", join(REPO, "target"), "--offline", "--locked", "--quiet"],
     { stdio: ["ignore", "inherit", "inherit"], timeout: 600_000 },
   );
-  const elsewhere = mkdtempSync(join(tmpdir(), "stickless-cwd-"));
+  const elsewhere = makeTempDir("stickless-cwd-");
   const gw = await startGateway({ bin: join(root, "bin", "stickless"), cwd: elsewhere, secure: true });
   try {
     const page = await fetch(`${gw.url}/`);
