@@ -31,7 +31,7 @@ log "npm ci"
 npm ci --no-audit --no-fund --loglevel=error || exit 1
 
 # --- build once, test ---------------------------------------------------------------------------------------
-# A debug build of every target takes about 3 GB, the tests' temp files a few hundred MB: a full disk shows
+# A debug build of every target takes about 4 GB, the tests' temp files a few hundred MB: a full disk shows
 # up as a cryptic rustc error, so say how much there is first.
 free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
 log "cargo build ($((free_kb / 1024 / 1024)) GB free on $(df -P . | awk 'NR==2 {print $6}'))"

@@ -59,7 +59,7 @@ impl Builder {
         };
         let router = match &settings.redis_url {
             None => {
-                let hub = Hub::local();
+                let hub = Hub::local_keeping(Keeping { live_buffer: settings.live_buffer, ..Keeping::default() });
                 let store = MemoryStore::bounded(settings.retention(), hub.clone(), limits.clone());
                 store.spawn_sweeper(Duration::from_secs(5));
                 assemble(store, hub, &settings, &handle, limits, metrics)?
@@ -70,6 +70,7 @@ impl Builder {
                     recent_messages: settings.live_cache_messages,
                     recent_bytes: settings.live_cache_bytes,
                     sessions: settings.session_cache.then_some(settings.session_ttl / 3),
+                    live_buffer: settings.live_buffer,
                 };
                 let (hub, commands) = Hub::with_listener_keeping(keeping);
                 let (prefix, retention) = (&settings.redis_prefix, settings.retention());

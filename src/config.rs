@@ -143,6 +143,11 @@ pub struct Config {
     #[arg(long, env = "STICKLESS_LIVE_CACHE_BYTES", default_value_t = defaults().live_cache_bytes)]
     pub live_cache_bytes: usize,
 
+    /// How many of a channel's live messages a node holds for its listeners; a listener further behind re-reads
+    /// (from the live cache when it reaches back). Each channel with a listener holds this many slots.
+    #[arg(long, env = "STICKLESS_LIVE_BUFFER", default_value_t = defaults().live_buffer)]
+    pub live_buffer: usize,
+
     /// With Redis: keep the session a long-poll read, on this node, while the session's pub/sub topic (which
     /// tells every change) lingers, so its next poll here reads no session from Redis.
     #[arg(long, env = "STICKLESS_SESSION_CACHE", default_value_t = defaults().session_cache, action = clap::ArgAction::Set)]
@@ -340,6 +345,7 @@ impl Config {
             "tcp_nodelay" => |s: &mut Settings| s.tcp_nodelay = self.tcp_nodelay;
             "live_cache_messages" => |s: &mut Settings| s.live_cache_messages = self.live_cache_messages;
             "live_cache_bytes" => |s: &mut Settings| s.live_cache_bytes = self.live_cache_bytes;
+            "live_buffer" => |s: &mut Settings| s.live_buffer = self.live_buffer;
             "session_cache" => |s: &mut Settings| s.session_cache = self.session_cache;
             "max_tcp_connections" => |s: &mut Settings| s.max_tcp_connections = self.max_tcp_connections;
             "connections_per_ip" => |s: &mut Settings| s.limits.connections_per_ip = self.connections_per_ip;
@@ -394,6 +400,7 @@ struct File {
     tcp_nodelay: Option<bool>,
     live_cache_messages: Option<usize>,
     live_cache_bytes: Option<usize>,
+    live_buffer: Option<usize>,
     session_cache: Option<bool>,
     max_tcp_connections: Option<usize>,
     ready_max_load: Option<f64>,
@@ -505,6 +512,7 @@ impl File {
         set(&mut s.tcp_nodelay, self.tcp_nodelay);
         set(&mut s.live_cache_messages, self.live_cache_messages);
         set(&mut s.live_cache_bytes, self.live_cache_bytes);
+        set(&mut s.live_buffer, self.live_buffer);
         set(&mut s.session_cache, self.session_cache);
         set(&mut s.max_tcp_connections, self.max_tcp_connections.map(Some));
         set(&mut s.ready_max_load, self.ready_max_load);

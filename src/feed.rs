@@ -192,17 +192,21 @@ pub fn open<S: ChannelLog + Sessions>(
                 timer.as_mut().reset(wake);
             }
             tokio::select! {
-                Some((_, event)) = live.next() => match event {
+                Some((channel, event)) = live.next() => match event {
                     Live::Message(message) => {
                         if state.tracker.accept_live(&message.channel, &message.epoch, message.offset) == Verdict::Deliver {
                             connection.delivered();
                             yield state.outbound(message.frame.clone());
                         }
                     }
+                    Live::Lagged => {
+                        connection.lagged();
+                        state.tracker.mark_dirty(&channel);
+                    }
                     Live::Resync | Live::SessionChanged => state.tracker.mark_all_dirty(),
                 },
                 Some(event) = control.next() => {
-                    if matches!(event, Live::Resync) {
+                    if matches!(event, Live::Resync | Live::Lagged) {
                         state.tracker.mark_all_dirty();
                     }
                     reload = true;

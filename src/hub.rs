@@ -45,6 +45,9 @@ pub enum Live {
     SessionChanged,
     /// Live delivery may have missed something (a store reconnect): re-read history.
     Resync,
+    /// This listener fell behind the topic's live buffer and events were dropped: re-read this topic. Only a
+    /// [`Listener`] yields it; it is never delivered.
+    Lagged,
 }
 
 /// A request to the store's listener task.
@@ -54,8 +57,12 @@ pub enum ListenCommand {
     Unlisten(Topic),
 }
 
-/// Messages a channel listener may fall behind by before it is told to re-read history instead.
-const CHANNEL_CAPACITY: usize = 512;
+/// Messages a channel listener may fall behind by before it is told to re-read history instead, unless
+/// configured (`Keeping::live_buffer`). tokio preallocates every slot of a topic's broadcast (about 40 bytes
+/// each) for as long as the topic has listeners here: with 512, a connection on a channel of its own (a per-user
+/// channel) cost 28 KiB of RSS instead of 9. A listener further behind catches up from the channel's live cache
+/// (512 messages by default, grown only by traffic) before it asks the store.
+pub const LIVE_BUFFER: usize = 32;
 /// A session's control topic only says "reload"; a lagged listener reloads all the same. tokio preallocates
 /// every slot, and there is one such topic per connected session, so keep it small.
 const SESSION_CAPACITY: usize = 4;
@@ -92,8 +99,8 @@ impl Entry {
     }
 }
 
-/// How a hub fed by a store's subscriptions keeps what it heard.
-#[derive(Debug, Clone, Copy, Default)]
+/// How a hub keeps what it heard (all but `live_buffer` only with a store that needs subscriptions).
+#[derive(Debug, Clone, Copy)]
 pub struct Keeping {
     /// How long a topic stays subscribed after its last listener left.
     pub linger: Duration,
@@ -102,6 +109,20 @@ pub struct Keeping {
     pub recent_bytes: usize,
     /// How long a session record read while its control topic was live may be used again (`None`: never).
     pub sessions: Option<Duration>,
+    /// How many events each channel topic buffers for its listeners (at least 1).
+    pub live_buffer: usize,
+}
+
+impl Default for Keeping {
+    fn default() -> Self {
+        Keeping {
+            linger: Duration::ZERO,
+            recent_messages: 0,
+            recent_bytes: 0,
+            sessions: None,
+            live_buffer: LIVE_BUFFER,
+        }
+    }
 }
 
 pub struct Hub {
@@ -118,12 +139,13 @@ pub struct Hub {
 impl Hub {
     /// A hub whose topics need no store subscription.
     pub fn local() -> Arc<Hub> {
-        Arc::new(Hub {
-            topics: RwLock::default(),
-            always_ready: watch::channel(true).1,
-            commands: None,
-            keeping: Keeping::default(),
-        })
+        Self::local_keeping(Keeping::default())
+    }
+
+    /// The same, with channel topics buffering `keeping.live_buffer` events (the rest of `keeping` needs a store
+    /// with subscriptions).
+    pub fn local_keeping(keeping: Keeping) -> Arc<Hub> {
+        Arc::new(Hub { topics: RwLock::default(), always_ready: watch::channel(true).1, commands: None, keeping })
     }
 
     /// A hub that asks a store's listener task to subscribe topics; the task reads the returned queue. Topics
@@ -160,7 +182,7 @@ impl Hub {
                 None => self.always_ready.clone(),
             };
             let capacity = match topic {
-                Topic::Channel(_) => CHANNEL_CAPACITY,
+                Topic::Channel(_) => self.keeping.live_buffer.max(1),
                 Topic::Session(_) => SESSION_CAPACITY,
             };
             let recent = match topic {
@@ -195,7 +217,7 @@ impl Hub {
                 match &event {
                     Live::Message(m) => recent.push(&m.epoch, m.offset, m.frame.len(), m.clone()),
                     Live::Resync => recent.clear(),
-                    Live::SessionChanged => {}
+                    Live::SessionChanged | Live::Lagged => {}
                 }
             }
             entry.session_changed();
@@ -311,7 +333,7 @@ impl Hub {
 
 /// One feed's subscription to a topic, a stream of its events; dropping it stops listening.
 ///
-/// The stream yields `Live::Resync` when this listener fell behind and events were dropped.
+/// The stream yields `Live::Lagged` when this listener fell behind and events were dropped.
 pub struct Listener {
     events: BroadcastStream<Live>,
     ready: watch::Receiver<bool>,
@@ -337,7 +359,7 @@ impl Stream for Listener {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Live>> {
         Pin::new(&mut self.events)
             .poll_next(cx)
-            .map(|event| event.map(|e| e.unwrap_or_else(|BroadcastStreamRecvError::Lagged(_)| Live::Resync)))
+            .map(|event| event.map(|e| e.unwrap_or_else(|BroadcastStreamRecvError::Lagged(_)| Live::Lagged)))
     }
 }
 

@@ -61,6 +61,7 @@ struct Inner {
     store_latency: Histogram,
     store_errors: Counter,
     slow_consumers: Counter,
+    lagged: Counter,
     ready: Gauge,
     draining: Gauge,
     tcp_connections: Gauge,
@@ -138,6 +139,13 @@ impl Metrics {
             "Connections cut because a write waited write_timeout for the client to read",
             slow_consumers.clone(),
         );
+        let lagged = Counter::default();
+        registry.register(
+            "live_lagged",
+            "Times a connection fell more than live_buffer messages behind a channel and re-read it (from the live \
+             cache when it reached back, else the store)",
+            lagged.clone(),
+        );
         let published_client = published.get_or_create(&Source { source: "client".into() }).clone();
         let published_backend = published.get_or_create(&Source { source: "backend".into() }).clone();
         Metrics(Arc::new(Inner {
@@ -154,6 +162,7 @@ impl Metrics {
             store_latency,
             store_errors,
             slow_consumers,
+            lagged,
             ready,
             draining,
             tcp_connections,
@@ -285,6 +294,11 @@ impl Connection {
 
     pub fn gap(&self, reason: &str) {
         self.metrics.gap(reason);
+    }
+
+    /// The connection fell behind a channel's live buffer and re-reads it.
+    pub fn lagged(&self) {
+        self.metrics.0.lagged.inc();
     }
 
     /// The feed ended for `reason` (an error code), not because the client went away.

@@ -88,6 +88,11 @@ pub struct Settings {
     /// bytes at most per channel.
     pub live_cache_messages: usize,
     pub live_cache_bytes: usize,
+    /// How many of a channel's live messages a node holds for its listeners there: a listener further behind
+    /// (a slow client) re-reads what it missed, from the live cache when it reaches back, else from the store.
+    /// Every channel with a listener on a node holds this many slots from the start (about 40 bytes each), so
+    /// it is the cost of a per-user channel; the live cache, which grows only with traffic, covers the rest.
+    pub live_buffer: usize,
     /// With Redis: a node keeps the session record a long-poll read while it holds the session's control
     /// subscription (which tells every change), so the session's next poll here reads nothing from the store;
     /// a kept record is read again after a third of `session_ttl` (which also refreshes the session's TTL).
@@ -151,6 +156,7 @@ impl Default for Settings {
             tcp_nodelay: false,
             live_cache_messages: 512,
             live_cache_bytes: 256 * 1024,
+            live_buffer: crate::hub::LIVE_BUFFER,
             session_cache: true,
             max_tcp_connections: None,
             ready_max_load: 0.9,
@@ -180,6 +186,7 @@ impl Settings {
         self.heartbeat = floor(self.heartbeat, Duration::from_millis(100));
         self.max_batch = self.max_batch.max(1);
         self.max_frames_per_send = self.max_frames_per_send.max(1);
+        self.live_buffer = self.live_buffer.max(1);
         self.header_timeout = floor(self.header_timeout, Duration::from_millis(100));
         self.body_timeout = floor(self.body_timeout, Duration::from_millis(100));
         self.write_timeout = floor(self.write_timeout, Duration::from_millis(100));

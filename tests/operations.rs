@@ -593,3 +593,48 @@ async fn a_request_head_over_64_kib_is_refused() {
     let (status, _) = raw_get(&mut connect_from([127, 0, 0, 1], node.port).await, "/healthz").await;
     assert_eq!(status, 200, "a normal head is served");
 }
+
+/// A channel's live buffer is small (`--live-buffer`, 32 by default; 1 here): a connection that falls further
+/// behind (it reads nothing while 600 messages of 4 KiB are published in batches) is told it lagged, re-reads that
+/// channel (from the live cache where it reaches back, else the store) and still gets every message once, in
+/// order, with no gap; the lag is counted in `stickless_live_lagged_total`. On the memory store, on Redis with
+/// the live cache and on Redis without it.
+#[tokio::test]
+async fn a_connection_far_behind_a_one_message_live_buffer_gets_every_message_once_in_order() {
+    let redis = Redis::start(&[]).await;
+    let url = redis.url();
+    let variants: [(&str, Vec<&str>); 3] = [
+        ("memory", vec![]),
+        ("redis", vec!["--redis-url", &url]),
+        ("redis without live cache", vec!["--redis-url", &url, "--live-cache-messages", "0"]),
+    ];
+    for (name, extra) in variants {
+        let channel = format!("behind-{}", name.replace(' ', "-"));
+        let mut args = vec!["--live-buffer", "1"];
+        args.extend(extra);
+        let node = Node::start(&args).await;
+        let mut ws = Ws::connect(&node.ws_url(), &format!("channels={channel}")).await;
+        // One message first, received: the subscription is live before the flood.
+        publish_ok(&node.url, &channel, json!("first")).await;
+        let mut received = common::Received::default();
+        while received.offsets.is_empty() {
+            received.take(&ws.next().await.unwrap_or_else(|| panic!("{name}: the first message")));
+        }
+        for batch in 0..6 {
+            let messages: Vec<_> = (0..100)
+                .map(|i| json!({"channel": channel, "data": format!("{batch}/{i} {}", "x".repeat(4096))}))
+                .collect();
+            let r = http().post(format!("{}/v1/publish", node.url)).json(&json!({ "messages": messages })).send().await;
+            assert_eq!(r.unwrap().status(), 200, "{name}: batch {batch} stored");
+        }
+        while received.offsets.len() < 601 {
+            let frame =
+                ws.next().await.unwrap_or_else(|| panic!("{name}: {} of 601, then silence", received.offsets.len()));
+            received.take(&frame);
+        }
+        received.assert_exactly(1, 601);
+        assert!(received.gaps.is_empty(), "{name}: no gap: {:?}", received.gaps);
+        let lagged = Scrape::of(&node).await.value("stickless_live_lagged_total", None);
+        assert!(lagged >= 1.0, "{name}: the connection fell behind the live buffer (lagged {lagged})");
+    }
+}

@@ -426,11 +426,7 @@ async fn through_sentinel_a_node_moves_on_the_switch_announcement_not_later() {
     let sentinel = Sentinel::start(master.port).await;
     let node = Node::spawn(&["--redis-url", &sentinel.url()]).await;
     publish_ok(&node.url, "sw", json!("before")).await;
-    let answer = std::process::Command::new("redis-cli")
-        .args(["-p", &sentinel.port.to_string(), "SENTINEL", "FAILOVER", "mymaster"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&answer.stdout).contains("OK"), "{answer:?}");
+    sentinel.failover().await;
     let switched = std::time::Instant::now() + Duration::from_secs(15);
     while sentinel.master_port() != Some(replica.port) {
         assert!(std::time::Instant::now() < switched, "no switch within 15 s");

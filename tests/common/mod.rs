@@ -546,6 +546,24 @@ impl Sentinel {
     pub fn url(&self) -> String {
         format!("redis-sentinel://127.0.0.1:{}?sentinelServiceName=mymaster", self.port)
     }
+
+    /// `SENTINEL FAILOVER mymaster`, asked again until it answers OK (at most 30 s): a sentinel that has not
+    /// yet learned of the replica from the master's INFO answers `NOGOODSLAVE`.
+    pub async fn failover(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "SENTINEL", "FAILOVER", "mymaster"])
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&answer.stdout).trim().to_owned();
+            if said == "OK" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "SENTINEL FAILOVER answered {said:?} for 30 s");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }
 
 impl Drop for Sentinel {

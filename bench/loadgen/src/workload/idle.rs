@@ -23,6 +23,9 @@ pub struct Args {
     /// Connections opened and closed before the baseline (warms code paths and allocator arenas).
     #[arg(long, default_value_t = 100)]
     pub warmup: usize,
+    /// Each connection subscribes its own channel (`bench-idle-<i>`, a per-user channel), not one shared `bench`.
+    #[arg(long)]
+    pub own_channels: bool,
 }
 
 pub async fn run(args: Args) {
@@ -30,7 +33,8 @@ pub async fn run(args: Args) {
     let spec = c.spec();
     let shared = Arc::new(Shared::new());
     let minter = c.minter();
-    let channel = |_| "bench".to_owned();
+    let own = args.own_channels;
+    let channel = move |i: usize| if own { format!("bench-idle-{i}") } else { "bench".to_owned() };
     let (warm, _) = open(
         &spec,
         &shared,
