@@ -216,18 +216,20 @@ async function socketIo(redis) {
 const TRANSPORTS = ['ws', 'sse', 'poll'];
 const TNAME = { ws: 'WebSocket', sse: 'SSE', poll: 'long-polling' };
 const SHORT = { stickless: 'stickless', axum: 'raw axum', sio: 'Socket.IO' };
-const COLOR = { 'stickless-ws': '#1f77b4', 'stickless-sse': '#2ca02c', 'stickless-poll': '#d62728', 'axum-ws': '#9ecae1', 'axum-sse': '#a1d99b', 'sio-ws': '#8c564b' };
+const COLOR = { 'stickless-ws': '#1f77b4', 'stickless-sse': '#2ca02c', 'stickless-poll': '#d62728', 'axum-ws': '#9ecae1', 'axum-sse': '#a1d99b', 'sio-ws': '#8c564b', 'stickless-own-ws': '#17becf' };
 
 // -------------------------------------------------------------------------------------------------- idle --
 async function idle() {
   const rows = [];
   const steps = C.idleSteps.join(',');
-  for (const t of TRANSPORTS) {
-    log(`idle: stickless ${TNAME[t]}, ${steps} connections`);
+  // Every transport on one shared channel, then WebSockets on a channel each (a per-user channel, the common case).
+  const runs = [...TRANSPORTS.map((t) => ({ t, system: 'stickless', key: 'stickless', extra: [] })), { t: 'ws', system: 'stickless, a channel each', key: 'stickless-own', extra: ['--own-channels'] }];
+  for (const { t, system, key, extra } of runs) {
+    log(`idle: ${system} ${TNAME[t]}, ${steps} connections`);
     const env = await stickless(1);
     try {
-      const res = await loadgen(['idle', '--hosts', env.nodes[0].url, '--transport', t, '--steps', steps, '--pids', `${env.nodes[0].pid},${env.redis.pid}`]);
-      rows.push({ system: 'stickless', key: 'stickless', transport: t, steps: res.map((r) => ({ conns: r.connections, attached: r.attached, rss: r.rss_kib[0], base: r.base_rss_kib[0], redis: r.rss_kib[1] - r.base_rss_kib[1], errors: r.errors, openS: r.open_s })) });
+      const res = await loadgen(['idle', '--hosts', env.nodes[0].url, '--transport', t, '--steps', steps, '--pids', `${env.nodes[0].pid},${env.redis.pid}`, ...extra]);
+      rows.push({ system, key, transport: t, steps: res.map((r) => ({ conns: r.connections, attached: r.attached, rss: r.rss_kib[0], base: r.base_rss_kib[0], redis: r.rss_kib[1] - r.base_rss_kib[1], errors: r.errors, openS: r.open_s })) });
     } finally {
       await env.stop();
     }
@@ -460,7 +462,7 @@ function delivered(res) {
 
 function idleSection(rows, charts) {
   const out = [`## 1. Idle connections: gateway memory per connection`, ''];
-  out.push(`One server per row, fresh; ${C.idleSteps.map((n) => n.toLocaleString('en-US')).join(' / ')} connections opened in steps (each subscribed to \`bench\`, with a token), left idle 2 s, then the server's RSS (\`VmRSS\`) minus its RSS after 100 warm-up connections were opened and closed, divided by the connections. stickless runs on Redis: the session state is in Redis (its RSS growth is the last column), the gateway holds the connections. A long-poll connection is a client whose poll is waiting (25 s hold, then the next). Socket.IO: after a forced GC, Node subscriber processes.`);
+  out.push(`One server per row, fresh; ${C.idleSteps.map((n) => n.toLocaleString('en-US')).join(' / ')} connections opened in steps (each subscribed to \`bench\`, or, for "a channel each", to a channel of its own; with a token), left idle 2 s, then the server's RSS (\`VmRSS\`) minus its RSS after 100 warm-up connections were opened and closed, divided by the connections. stickless runs on Redis: the session state is in Redis (its RSS growth is the last column), the gateway holds the connections. A long-poll connection is a client whose poll is waiting (25 s hold, then the next). Socket.IO: after a forced GC, Node subscriber processes.`);
   out.push('');
   out.push(`| server | transport | ${C.idleSteps.map((n) => `KiB/conn at ${fmt(n)}`).join(' | ')} | RSS at ${fmt(C.idleSteps.at(-1))} | attached | Redis KiB/conn (stickless) |`);
   out.push(`|---|---|${C.idleSteps.map(() => '---').join('|')}|---|---|---|`);
