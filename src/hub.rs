@@ -373,6 +373,34 @@ impl Drop for Listener {
 mod tests {
     use super::*;
 
+    /// What the feed relies on when a listener falls behind the live buffer: it is told `Lagged` before anything
+    /// later, then gets the newest messages still buffered, and a listener of another channel is not disturbed.
+    #[tokio::test]
+    async fn a_listener_behind_the_live_buffer_is_told_it_lagged_then_gets_the_newest() {
+        use futures_util::StreamExt;
+        let hub = Hub::local_keeping(Keeping { live_buffer: 2, ..Keeping::default() });
+        let (a, b) = (ChannelName::parse("a").unwrap(), ChannelName::parse("b").unwrap());
+        let mut slow = hub.listen(Topic::Channel(a.clone()));
+        let mut other = hub.listen(Topic::Channel(b.clone()));
+        let epoch = crate::model::Epoch::parse("e1").unwrap();
+        let data = serde_json::value::RawValue::from_string("1".into()).unwrap();
+        for offset in 1..=5 {
+            hub.deliver(
+                &Topic::Channel(a.clone()),
+                Live::Message(Message::new(a.clone(), epoch.clone(), offset, 0, &data, None)),
+            );
+        }
+        hub.deliver(
+            &Topic::Channel(b.clone()),
+            Live::Message(Message::new(b.clone(), epoch.clone(), 1, 0, &data, None)),
+        );
+        assert!(matches!(slow.next().await, Some(Live::Lagged)));
+        for expected in [4, 5] {
+            assert!(matches!(slow.next().await, Some(Live::Message(m)) if m.offset == expected));
+        }
+        assert!(matches!(other.next().await, Some(Live::Message(m)) if m.offset == 1 && m.channel == b));
+    }
+
     #[tokio::test]
     async fn first_listener_subscribes_and_last_unsubscribes() {
         let (hub, mut commands) = Hub::with_listener();

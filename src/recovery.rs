@@ -296,14 +296,15 @@ impl Tracker {
         }
     }
 
-    /// Live delivery cannot be trusted for `channel` (its subscription is not confirmed yet).
+    /// Live delivery cannot be trusted for `channel` (its subscription is not confirmed yet, or its listener fell
+    /// behind the live buffer).
     pub fn mark_dirty(&mut self, channel: &ChannelName) {
         if let Some(t) = self.get_mut(channel) {
             t.dirty = true;
         }
     }
 
-    /// Live delivery may have missed something on every channel (a lagged listener, a store reconnect).
+    /// Live delivery may have missed something on every channel (a store reconnect, a lagged control topic).
     pub fn mark_all_dirty(&mut self) {
         for (_, t) in &mut self.channels {
             t.dirty = true;

@@ -25,6 +25,9 @@ pub enum WebFiles {
     Dir(PathBuf),
 }
 
+/// The largest `live_buffer` taken (65,536 slots, about 2.5 MiB per channel with a listener).
+pub const MAX_LIVE_BUFFER: usize = 1 << 16;
+
 /// How one stickless node behaves. `Settings::default()` is a complete, safe configuration for a single node
 /// on the embedded store.
 #[derive(Debug, Clone)]
@@ -91,7 +94,8 @@ pub struct Settings {
     /// How many of a channel's live messages a node holds for its listeners there: a listener further behind
     /// (a slow client) re-reads what it missed, from the live cache when it reaches back, else from the store.
     /// Every channel with a listener on a node holds this many slots from the start (about 40 bytes each), so
-    /// it is the cost of a per-user channel; the live cache, which grows only with traffic, covers the rest.
+    /// it is the cost of a per-user channel; the live cache (with Redis), which grows only with traffic, covers
+    /// the rest. tokio rounds it up to a power of two; at most [`MAX_LIVE_BUFFER`].
     pub live_buffer: usize,
     /// With Redis: a node keeps the session record a long-poll read while it holds the session's control
     /// subscription (which tells every change), so the session's next poll here reads nothing from the store;
@@ -186,7 +190,8 @@ impl Settings {
         self.heartbeat = floor(self.heartbeat, Duration::from_millis(100));
         self.max_batch = self.max_batch.max(1);
         self.max_frames_per_send = self.max_frames_per_send.max(1);
-        self.live_buffer = self.live_buffer.max(1);
+        // tokio allocates every slot up front (rounded up to a power of two) and panics past usize::MAX / 2.
+        self.live_buffer = self.live_buffer.clamp(1, MAX_LIVE_BUFFER);
         self.header_timeout = floor(self.header_timeout, Duration::from_millis(100));
         self.body_timeout = floor(self.body_timeout, Duration::from_millis(100));
         self.write_timeout = floor(self.write_timeout, Duration::from_millis(100));
