@@ -33,8 +33,8 @@ npm ci --no-audit --no-fund --loglevel=error || exit 1
 # --- build once, test ---------------------------------------------------------------------------------------
 # A debug build of every target takes about 4 GB, the tests' temp files a few hundred MB: a full disk shows
 # up as a cryptic rustc error, so say how much there is first.
-free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
-log "cargo build ($((free_kb / 1024 / 1024)) GB free on $(df -P . | awk 'NR==2 {print $6}'))"
+read -r free_kb mount < <(df -Pk . | awk 'NR==2 {print $4, $6}')
+log "cargo build ($((free_kb / 1024 / 1024)) GB free on $mount)"
 ((free_kb < 4 * 1024 * 1024)) && echo "warning: under 4 GB free; the build may fail with 'No space left on device'"
 cargo build --workspace --all-targets || exit 1
 export STICKLESS_BIN="$PWD/target/debug/stickless"

@@ -577,4 +577,16 @@ mod tests {
             Config::try_load_from(["stickless", "--config", bad.to_str().unwrap()]).unwrap().settings().unwrap_err();
         assert!(err.contains("histroy_size"), "{err}");
     }
+
+    #[test]
+    fn the_live_buffer_is_set_by_the_file_or_a_flag() {
+        let file = std::env::temp_dir().join(format!("stickless-live-buffer-{}.toml", std::process::id()));
+        std::fs::write(&file, "live_buffer = 7\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = Config::try_load_from(["stickless", "--config", path]).unwrap().settings().unwrap();
+        assert_eq!(from_file.live_buffer, 7);
+        let flag = Config::try_load_from(["stickless", "--config", path, "--live-buffer", "9"]).unwrap();
+        assert_eq!(flag.settings().unwrap().live_buffer, 9, "a flag overrides the file");
+        let _ = std::fs::remove_file(&file);
+    }
 }

@@ -252,3 +252,18 @@ impl Settings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tokio's broadcast needs at least one slot and allocates them all up front: the live buffer is held to
+    /// 1..=MAX_LIVE_BUFFER, as the README says.
+    #[test]
+    fn the_live_buffer_is_held_between_one_slot_and_the_cap() {
+        let with = |live_buffer| Settings { live_buffer, ..Settings::default() }.sane().live_buffer;
+        assert_eq!(with(0), 1);
+        assert_eq!(with(32), 32);
+        assert_eq!(with(usize::MAX), MAX_LIVE_BUFFER);
+    }
+}
